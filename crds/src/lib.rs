@@ -1,0 +1,1 @@
+//! kube-nft CRDs and policy IR.

@@ -1,0 +1,1 @@
+//! Shared helpers for kube-nft end-to-end tests.

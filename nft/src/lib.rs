@@ -1,0 +1,12 @@
+//! nftables as typed Rust data.
+//!
+//! - [`model`]: tables, chains, rules, sets and maps as plain comparable values;
+//! - [`batch`]: one transaction's operations as data.
+//!
+//! This crate knows nothing of Kubernetes.
+
+pub mod batch;
+pub mod model;
+
+pub use batch::{Batch, Op};
+pub use model::*;

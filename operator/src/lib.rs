@@ -1,0 +1,1 @@
+//! kube-nft: the cluster model, policy engine, renderer, control loops and lab.
