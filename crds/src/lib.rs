@@ -1,1 +1,3 @@
 //! kube-nft CRDs and policy IR.
+
+pub mod ir;
