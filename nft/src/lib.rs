@@ -6,7 +6,9 @@
 //! This crate knows nothing of Kubernetes.
 
 pub mod batch;
+pub mod diff;
 pub mod model;
+pub mod render;
 
 pub use batch::{Batch, Op};
 pub use model::*;
