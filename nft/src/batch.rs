@@ -20,7 +20,9 @@ pub struct Batch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Create the table if absent (never fails when it exists).
-    AddTable { comment: Option<String> },
+    AddTable {
+        comment: Option<String>,
+    },
     DeleteTable,
     /// Create a set from its header; `elements` of the carried set are ignored.
     AddSet(Set),
@@ -41,7 +43,10 @@ pub enum Op {
     FlushChain(String),
     DeleteChain(String),
     /// Append a rule to a chain.
-    AddRule { chain: String, rule: Rule },
+    AddRule {
+        chain: String,
+        rule: Rule,
+    },
 }
 
 impl Batch {

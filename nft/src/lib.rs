@@ -8,7 +8,9 @@
 pub mod batch;
 pub mod diff;
 pub mod model;
+pub mod netlink;
 pub mod render;
+pub mod testing;
 
 pub use batch::{Batch, Op};
 pub use model::*;

@@ -331,7 +331,10 @@ pub enum Expr {
     },
     /// Look the key up in a verdict map and apply the verdict found
     /// (`ip daddr vmap @pods`, `numgen random mod 3 vmap @svc-eps`).
-    Vmap { key: MapKey, map: String },
+    Vmap {
+        key: MapKey,
+        map: String,
+    },
     Counter,
     Log {
         prefix: Option<String>,
@@ -340,9 +343,17 @@ pub enum Expr {
     /// `meta mark set meta mark | bits`: set bits, keep the others.
     SetMarkBits(u32),
     /// `ct mark set …` is not needed yet; marks live on the packet.
-    Dnat { family: NatFamily, to: NatTarget },
-    Snat { family: NatFamily, to: NatTarget },
-    Masquerade { fully_random: bool },
+    Dnat {
+        family: NatFamily,
+        to: NatTarget,
+    },
+    Snat {
+        family: NatFamily,
+        to: NatTarget,
+    },
+    Masquerade {
+        fully_random: bool,
+    },
     Reject(RejectKind),
     /// Add or refresh an element of a dynamic set from packet fields.
     SetUpdate {
@@ -358,11 +369,7 @@ impl KeyPart {
     /// The interval an IPv4 prefix covers, e.g. `10.0.0.0/8` → `10.0.0.0-10.255.255.255`.
     pub fn prefix_v4(addr: Ipv4Addr, len: u8) -> KeyPart {
         let len = u32::from(len.min(32));
-        let mask = if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - len)
-        };
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
         let lo = u32::from(addr) & mask;
         let hi = lo | !mask;
         KeyPart::range(
