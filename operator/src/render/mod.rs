@@ -1,0 +1,120 @@
+//! The agent's renderer: a node's share of the policy IR (and later its Service
+//! NAT model) → the desired `nft::Table`. Pure: the same input always renders the
+//! same table, byte for byte, so the agent can diff it against the committed one
+//! (`nft::diff::diff`) and send only the difference.
+//!
+//! One table, `inet kube-nft`, assembled here from contributions: [`policy`]
+//! adds the NetworkPolicy chains; Service NAT will add its chains to the same
+//! table.
+//!
+//! # NetworkPolicy layout
+//!
+//! ```text
+//! forward (filter, hook forward, priority 0, policy accept)   after Service DNAT
+//!   ct state established,related accept
+//!   ct state invalid drop
+//!   ip saddr vmap @egress-v4            ; ip6 saddr vmap @egress-v6
+//!   ip saddr != @node-addrs-v4 ip daddr vmap @ingress-v4     ; same for ip6
+//! input (filter, hook input, priority 0, policy accept)       pod → this node
+//!   ct state established,related accept
+//!   ct state untracked accept           (IPv6 neighbour discovery, MLD)
+//!   ip saddr vmap @egress-v4            ; ip6 saddr vmap @egress-v6
+//! in-<hash> / eg-<hash>                 one per distinct rule list, shared by pods
+//!   ip saddr @as-peer-…-v4 meta l4proto tcp th dport 80 accept   (egress: return)
+//!   counter drop
+//! ```
+//!
+//! - Pods not isolated in a direction have no element in that direction's map,
+//!   and traffic of pods on other nodes never matches either map: policy accept.
+//! - An egress chain allows with `return`, so a same-node destination's ingress
+//!   check still runs; an ingress chain allows with `accept`.
+//! - The node's own addresses (`node-addrs-v4/-v6`) skip the ingress dispatch,
+//!   in `forward` too, so a node address reaching a local pod through another
+//!   interface is allowed like node → pod through the output hook, which
+//!   kube-nft never filters (the node may always reach its pods).
+//! - Chains are named by a hash of their content (comment and rules), so pods
+//!   with identical rule lists share one chain: 1,000 pods under the same
+//!   policies make one ingress and one egress chain. Ingress named ports resolve
+//!   per pod, so pods whose ports differ get different chains.
+//! - Sets: `as-<ir>-v4/-v6` (IPs of an IR address set), `asp-<ir>-v4/-v6` (IP .
+//!   proto . port for named egress ports), `cidr-<hash>` (an ipBlock minus its
+//!   excepts, disjoint intervals), `ports-<hash>` (`inet_proto . inet_service`
+//!   intervals when a rule has several ports). Only sets that some chain uses
+//!   are rendered.
+//!
+//! Example (abridged `render_text`): pod `demo/web` selected by a deny-all policy
+//! and `demo/allow-web` (TCP 80 and 8000-8080 from pods labelled `role=client`),
+//! pod `demo/client` selected by deny-all only:
+//!
+//! ```text
+//! table inet kube-nft {
+//!     comment "kube-nft: NetworkPolicy and Services, managed by the kube-nft agent"
+//!     set as-peer-5d3c2a1b0e9f8d7c-v4 {
+//!         type ipv4_addr
+//!         comment "namespace=demo;pods=role=client"
+//!         elements = { 10.0.1.11 }
+//!     }
+//!     map ingress-v4 {
+//!         type ipv4_addr : verdict
+//!         elements = { 10.0.1.10 comment "demo/web" : jump in-0f3c94c9d0ed2740,
+//!                      10.0.1.11 comment "demo/client" : jump in-cc1439ddcfbf0533 }
+//!     }
+//!     set node-addrs-v4 { type ipv4_addr; elements = { 192.168.0.1 } }
+//!     set ports-ab4b74d4e2b3dd92 {
+//!         type inet_proto . inet_service
+//!         flags interval
+//!         elements = { tcp . 80, tcp . 8000-8080 }
+//!     }
+//!     chain in-0f3c94c9d0ed2740 {
+//!         comment "ingress: NetworkPolicy demo/allow-web"
+//!         ip saddr @as-peer-5d3c2a1b0e9f8d7c-v4 meta l4proto . th dport @ports-ab4b74d4e2b3dd92 accept comment "NetworkPolicy demo/allow-web ingress[0]"
+//!         counter drop comment "kube-nft: ingress not allowed by any NetworkPolicy"
+//!     }
+//!     chain in-cc1439ddcfbf0533 {
+//!         comment "ingress: isolated, no rule allows anything"
+//!         counter drop comment "kube-nft: ingress not allowed by any NetworkPolicy"
+//!     }
+//!     (egress-v4/-v6, ingress-v6 and node-addrs-v6 maps/sets; chains forward, input)
+//! }
+//! ```
+
+pub mod intervals;
+pub mod names;
+pub mod policy;
+
+use std::collections::BTreeMap;
+
+use kube_nft_crds::ir::{AddressSet, NodePolicy};
+use nft::{Family, Table};
+
+/// The table kube-nft owns (family `inet`: one table for IPv4 and IPv6).
+pub const TABLE_NAME: &str = "kube-nft";
+pub const TABLE_FAMILY: Family = Family::Inet;
+/// Constant on purpose: a changed table comment makes the diff reload the table.
+pub const TABLE_COMMENT: &str =
+    "kube-nft: NetworkPolicy and Services, managed by the kube-nft agent";
+
+/// Everything one node's table is rendered from.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderInput<'a> {
+    /// The node's share of the compiled policy.
+    pub policy: &'a NodePolicy,
+    /// Address sets by IR name; may hold more than the node references.
+    pub address_sets: &'a BTreeMap<String, AddressSet>,
+}
+
+/// The whole desired table for a node.
+pub fn render(input: &RenderInput<'_>) -> Table {
+    let mut table = Table::new(TABLE_FAMILY, TABLE_NAME);
+    table.comment = Some(TABLE_COMMENT.into());
+    policy::contribute(&mut table, input.policy, input.address_sets);
+    table
+}
+
+/// The table for a node's NetworkPolicy share alone.
+pub fn render_policy(node: &NodePolicy, address_sets: &BTreeMap<String, AddressSet>) -> Table {
+    render(&RenderInput {
+        policy: node,
+        address_sets,
+    })
+}
