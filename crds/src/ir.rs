@@ -188,3 +188,94 @@ impl IrPort {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_camel_case_and_round_trips() {
+        let ir = CompiledPolicy {
+            address_sets: BTreeMap::from([(
+                "ports-1".to_string(),
+                AddressSet {
+                    name: "ports-1".into(),
+                    selector: "any;namedPorts=TCP/http".into(),
+                    elements: vec![AddressSetElement {
+                        ip: "10.0.0.1".parse().unwrap(),
+                        protocol: Some(Protocol::Tcp),
+                        port: Some(8080),
+                    }],
+                },
+            )]),
+            nodes: BTreeMap::from([(
+                "n".to_string(),
+                NodePolicy {
+                    node: "n".into(),
+                    node_addresses: vec!["172.18.0.1".parse().unwrap()],
+                    pods: vec![PodPolicy {
+                        namespace: "x".into(),
+                        name: "a".into(),
+                        ips: vec!["10.0.0.2".parse().unwrap()],
+                        ingress_isolated: true,
+                        egress_isolated: false,
+                        ingress: vec![IrRule {
+                            policy: "x/p".into(),
+                            rule_index: 0,
+                            peers: vec![
+                                IrPeer::AddressPortSet {
+                                    name: "ports-1".into(),
+                                },
+                                IrPeer::Cidr {
+                                    cidr: "10.0.0.0/8".into(),
+                                    except: vec![],
+                                },
+                            ],
+                            ports: vec![IrPort {
+                                protocol: Protocol::Udp,
+                                port: Some(53),
+                                end_port: Some(60),
+                            }],
+                        }],
+                        egress: vec![],
+                    }],
+                },
+            )]),
+        };
+        let v = serde_json::to_value(&ir).unwrap();
+        let pod = &v["nodes"]["n"]["pods"][0];
+        assert_eq!(pod["ingressIsolated"], true);
+        assert_eq!(pod["ingress"][0]["ruleIndex"], 0);
+        assert_eq!(pod["ingress"][0]["peers"][0]["kind"], "addressPortSet");
+        assert_eq!(pod["ingress"][0]["ports"][0]["endPort"], 60);
+        assert_eq!(pod["ingress"][0]["ports"][0]["protocol"], "UDP");
+        assert_eq!(v["nodes"]["n"]["nodeAddresses"][0], "172.18.0.1");
+        let back: CompiledPolicy = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ir);
+    }
+
+    #[test]
+    fn schema_generates() {
+        let schema = schemars::schema_for!(CompiledPolicy);
+        let text = serde_json::to_string(&schema).unwrap();
+        assert!(text.contains("addressSets"), "{text}");
+    }
+
+    #[test]
+    fn port_ranges() {
+        let p = IrPort {
+            protocol: Protocol::Tcp,
+            port: Some(80),
+            end_port: Some(90),
+        };
+        assert!(p.matches(Protocol::Tcp, 80) && p.matches(Protocol::Tcp, 90));
+        assert!(!p.matches(Protocol::Tcp, 91) && !p.matches(Protocol::Udp, 85));
+        let any = IrPort {
+            protocol: Protocol::Sctp,
+            port: None,
+            end_port: None,
+        };
+        assert!(any.matches(Protocol::Sctp, 1) && !any.matches(Protocol::Tcp, 1));
+        assert_eq!(Protocol::parse("udp"), Some(Protocol::Udp));
+    }
+}

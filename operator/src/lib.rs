@@ -1,5 +1,8 @@
 //! kube-nft: the cluster model, policy engine, renderer, control loops and lab.
 
+pub mod agent;
 pub mod cli;
 pub mod cluster;
+pub mod lab;
 pub mod policy;
+pub mod render;

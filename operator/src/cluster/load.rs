@@ -74,7 +74,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Strict(Problem),
+    Strict(Box<Problem>),
 }
 
 /// The loaded cluster plus everything that was skipped.
@@ -98,7 +98,7 @@ pub fn load_paths(paths: &[PathBuf], options: LoadOptions) -> Result<Loaded, Loa
     }
     if options.strict {
         if let Some(p) = loaded.problems.first() {
-            return Err(LoadError::Strict(p.clone()));
+            return Err(LoadError::Strict(Box::new(p.clone())));
         }
     }
     Ok(loaded)
@@ -141,9 +141,18 @@ pub fn load_str(loaded: &mut Loaded, file: &Path, text: &str) {
     let documents: Vec<Result<Value, String>> = if is_json {
         vec![serde_json::from_str(text).map_err(|e| e.to_string())]
     } else {
-        serde_norway::Deserializer::from_str(text)
-            .map(|doc| Value::deserialize(doc).map_err(|e| e.to_string()))
-            .collect()
+        // The document iterator does not end after a syntax error; stop at the
+        // first one (the rest of the file cannot be trusted anyway).
+        let mut docs = Vec::new();
+        for doc in serde_norway::Deserializer::from_str(text) {
+            let parsed = Value::deserialize(doc).map_err(|e| e.to_string());
+            let failed = parsed.is_err();
+            docs.push(parsed);
+            if failed {
+                break;
+            }
+        }
+        docs
     };
     for (i, doc) in documents.into_iter().enumerate() {
         let origin = Origin {
@@ -202,11 +211,9 @@ fn load_value(loaded: &mut Loaded, mut origin: Origin, value: Value) {
         "NetworkPolicy" => typed(value).map(Object::NetworkPolicy),
         "Node" => typed(value).map(Object::Node),
         "" => {
-            loaded.problems.push(problem(
-                Some("kind".into()),
-                "missing kind".into(),
-                false,
-            ));
+            loaded
+                .problems
+                .push(problem(Some("kind".into()), "missing kind".into(), false));
             return;
         }
         other => {
@@ -247,10 +254,146 @@ fn describe(value: &Value) -> String {
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("?");
+    let namespaced = matches!(kind, "Pod" | "Service" | "EndpointSlice" | "NetworkPolicy");
     let cluster_scoped = matches!(kind, "Namespace" | "Node");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
-        _ if cluster_scoped => format!("{kind} {name}"),
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} default/{name}"),
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
+        Some(ns) if !cluster_scoped => format!("{kind} {ns}/{name}"),
+        None if namespaced => format!("{kind} default/{name}"),
+        _ => format!("{kind} {name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{ObjectKey, NAMESPACE_NAME_LABEL};
+
+    fn load(text: &str) -> Loaded {
+        let mut loaded = Loaded::default();
+        load_str(&mut loaded, Path::new("m.yaml"), text);
+        loaded
+    }
+
+    const MIXED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ok, namespace: x}
+spec: {containers: [{name: c}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: broken, namespace: x}
+spec:
+  containers:
+  - name: c
+    ports:
+    - containerPort: eighty
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: badip, namespace: x}
+spec: {containers: [{name: c}]}
+status: {podIPs: [{ip: 10.0.0.300}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: z}
+spec: {podSelector: {}}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w}
+"#;
+
+    #[test]
+    fn bad_document_names_file_document_object_and_field_and_rest_loads() {
+        let l = load(MIXED);
+        assert_eq!(l.problems.len(), 3, "{:#?}", l.problems);
+        let p = &l.problems[0];
+        assert_eq!(p.origin.document, 2);
+        assert_eq!(p.origin.object, "Pod x/broken");
+        assert_eq!(
+            p.field.as_deref(),
+            Some("spec.containers[0].ports[0].containerPort")
+        );
+        let text = p.to_string();
+        assert!(text.starts_with("m.yaml: document 2: Pod x/broken: field spec.containers[0].ports[0].containerPort: "), "{text}");
+        let p = &l.problems[1];
+        assert_eq!(
+            (p.origin.document, p.field.as_deref()),
+            (3, Some("status.podIPs[0].ip"))
+        );
+        assert!(l.problems[2].warning, "unknown kind is a warning");
+        assert!(l.cluster.pod(&ObjectKey::new("x", "ok")).is_some());
+        assert_eq!(l.cluster.pods().len(), 1);
+        assert_eq!(l.cluster.policies().len(), 1);
+    }
+
+    #[test]
+    fn implicit_namespaces_carry_the_name_label() {
+        let l = load(MIXED);
+        for ns in ["x", "z"] {
+            let labels = l.cluster.namespace_labels(ns);
+            assert_eq!(
+                labels.get(NAMESPACE_NAME_LABEL).map(String::as_str),
+                Some(ns)
+            );
+        }
+        // A declaration replaces the implicit namespace, and keeps the label.
+        let l = load("kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: q}\n---\nkind: Namespace\napiVersion: v1\nmetadata: {name: q, labels: {team: t}}\n");
+        let labels = l.cluster.namespace_labels("q");
+        assert_eq!(labels.len(), 2, "{labels:?}");
+    }
+
+    #[test]
+    fn list_items_load_and_errors_name_the_item() {
+        let l = load(
+            r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: a}}
+- {apiVersion: v1, kind: Pod, metadata: {name: p, namespace: a}, spec: {containers: 3}}
+"#,
+        );
+        assert!(l.cluster.namespace("a").is_some());
+        assert_eq!(l.problems.len(), 1);
+        assert_eq!(l.problems[0].origin.item, Some(1));
+        assert_eq!(l.problems[0].field.as_deref(), Some("spec.containers"));
+    }
+
+    #[test]
+    fn directories_load_recursively_and_strict_fails() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let l = load_paths(&[dir.join("basic")], LoadOptions::default()).unwrap();
+        assert!(l.problems.is_empty(), "{:#?}", l.problems);
+        assert_eq!(l.cluster.pods().len(), 4);
+        assert_eq!(l.cluster.policies().len(), 2);
+        let err = load_paths(std::slice::from_ref(&dir), LoadOptions { strict: true }).unwrap_err();
+        assert!(err.to_string().contains("bad"), "{err}");
+        let l = load_paths(&[dir], LoadOptions::default()).unwrap();
+        assert!(!l.problems.is_empty());
+        assert_eq!(l.cluster.pods().len(), 5);
+    }
+
+    #[test]
+    fn json_documents_load() {
+        let mut loaded = Loaded::default();
+        let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"}}]}"#;
+        load_str(&mut loaded, Path::new("m.json"), text);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        assert_eq!(loaded.cluster.pods().len(), 1);
+    }
+
+    #[test]
+    fn invalid_yaml_is_reported() {
+        let l = load("kind: Pod\n  bad: [\n");
+        assert_eq!(l.problems.len(), 1);
+        assert!(l.problems[0].message.contains("not valid YAML"));
     }
 }

@@ -19,10 +19,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use validate::ValidationError;
@@ -73,6 +73,9 @@ impl FromStr for ObjectKey {
 }
 
 /// One object of a kind the model holds.
+// Objects are moved once into the model, never stored as `Object`s, so boxing
+// the large variants would cost every caller and buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Object {
     Namespace(Namespace),
@@ -166,9 +169,22 @@ impl Cluster {
     pub fn remove_pod(&mut self, key: &ObjectKey) -> Option<Pod> {
         let old = self.pods.remove(key)?;
         self.pod_by_ip.retain(|_, k| k != key);
+        // Another pod may hold one of the freed IPs (a transient duplicate).
+        for ip in pod_ips(&old) {
+            let heir = self
+                .pods
+                .iter()
+                .find(|(_, p)| is_policy_peer(p) && pod_ips(p).contains(&ip));
+            if let Some((k, _)) = heir {
+                self.pod_by_ip.insert(ip, k.clone());
+            }
+        }
         Some(old)
     }
 
+    /// Validates and inserts a policy. On error the model is unchanged: a
+    /// previous valid version of the same policy stays in force, so a bad
+    /// update never loses enforcement.
     pub fn insert_policy(&mut self, policy: NetworkPolicy) -> Result<(), ValidationError> {
         validate::network_policy(&policy)?;
         let key = ObjectKey::of(&policy.metadata);
@@ -186,6 +202,33 @@ impl Cluster {
         self.nodes
             .insert(node.metadata.name.clone().unwrap_or_default(), node);
         Ok(())
+    }
+
+    pub fn remove_node(&mut self, name: &str) -> Option<Node> {
+        self.nodes.remove(name)
+    }
+
+    /// Removes a declared namespace; while objects still live in it, it stays
+    /// as an implicit namespace (only the metadata.name label), as it would
+    /// look to selectors until the API server finishes deleting them.
+    pub fn remove_namespace(&mut self, name: &str) -> Option<Namespace> {
+        let old = self.namespaces.remove(name)?;
+        let in_use = self.pods.keys().any(|k| k.namespace == name)
+            || self.policies.keys().any(|k| k.namespace == name)
+            || self.services.keys().any(|k| k.namespace == name)
+            || self.endpoint_slices.keys().any(|k| k.namespace == name);
+        if in_use {
+            self.ensure_namespace(name);
+        }
+        Some(old)
+    }
+
+    pub fn remove_service(&mut self, key: &ObjectKey) -> Option<Service> {
+        self.services.remove(key)
+    }
+
+    pub fn remove_endpoint_slice(&mut self, key: &ObjectKey) -> Option<EndpointSlice> {
+        self.endpoint_slices.remove(key)
     }
 
     /// Records an address of `node` that its Node object does not list.
@@ -222,12 +265,13 @@ impl Cluster {
     }
 
     /// Policies of one namespace, in name order.
-    pub fn policies_in<'a>(
-        &'a self,
-        namespace: &'a str,
-    ) -> impl Iterator<Item = (&'a ObjectKey, &'a NetworkPolicy)> + 'a {
+    pub fn policies_in(
+        &self,
+        namespace: &str,
+    ) -> impl Iterator<Item = (&ObjectKey, &NetworkPolicy)> + '_ {
+        let namespace = namespace.to_string();
         self.policies
-            .range(ObjectKey::new(namespace, "")..)
+            .range(ObjectKey::new(namespace.clone(), "")..)
             .take_while(move |(k, _)| k.namespace == namespace)
     }
 
@@ -281,7 +325,12 @@ pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
         .filter_map(|p| p.ip.parse().ok())
         .collect();
     if ips.is_empty() {
-        ips.extend(status.pod_ip.as_deref().and_then(|s| s.parse().ok()));
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|s| s.parse::<IpAddr>().ok()),
+        );
     }
     ips
 }
@@ -335,8 +384,81 @@ pub fn container_ports(
         .flat_map(|s| s.containers.iter())
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| {
-            let protocol = kube_nft_crds::ir::Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?;
+            let protocol =
+                kube_nft_crds::ir::Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?;
             let port = u16::try_from(p.container_port).ok()?;
             Some((p.name.clone(), protocol, port))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, ip: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "status": {"podIP": ip}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ip_index_follows_inserts_and_removals() {
+        let mut c = Cluster::new();
+        c.insert_pod(pod("x", "a", "10.0.0.1")).unwrap();
+        c.insert_pod(pod("x", "b", "10.0.0.1")).unwrap();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(c.pod_by_ip(ip).unwrap().0, &ObjectKey::new("x", "a"));
+        c.remove_pod(&ObjectKey::new("x", "a"));
+        assert_eq!(c.pod_by_ip(ip).unwrap().0, &ObjectKey::new("x", "b"));
+        // Re-inserting with a new IP moves the index.
+        c.insert_pod(pod("x", "b", "10.0.0.2")).unwrap();
+        assert!(c.pod_by_ip(ip).is_none());
+    }
+
+    #[test]
+    fn removed_namespace_in_use_stays_implicit() {
+        let mut c = Cluster::new();
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "x", "labels": {"team": "a"}}}))
+                .unwrap();
+        c.insert_namespace(ns);
+        c.insert_pod(pod("x", "a", "10.0.0.1")).unwrap();
+        assert_eq!(c.namespace_labels("x").len(), 2);
+        c.remove_namespace("x");
+        assert_eq!(
+            c.namespace_labels("x"),
+            BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), "x".to_string())])
+        );
+    }
+
+    #[test]
+    fn node_addresses_merge_status_and_extras() {
+        let mut c = Cluster::new();
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "172.18.0.2"},
+                {"type": "Hostname", "address": "n"}
+            ]}
+        }))
+        .unwrap();
+        c.insert_node(node).unwrap();
+        c.add_node_address("n", "fd00::2".parse().unwrap());
+        let addrs: Vec<String> = c
+            .node_addresses("n")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addrs, vec!["172.18.0.2", "fd00::2"]);
+    }
+
+    #[test]
+    fn keys_parse() {
+        assert_eq!("x/a".parse::<ObjectKey>(), Ok(ObjectKey::new("x", "a")));
+        assert!("x".parse::<ObjectKey>().is_err());
+        assert!("x/a/b".parse::<ObjectKey>().is_err());
+    }
 }

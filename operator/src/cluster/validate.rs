@@ -50,7 +50,12 @@ pub fn pod(pod: &Pod) -> Result<(), ValidationError> {
             parse_ip(&cx, format!("status.podIPs[{i}].ip"), &p.ip)?;
         }
     }
-    for (ci, c) in pod.spec.iter().flat_map(|s| s.containers.iter()).enumerate() {
+    for (ci, c) in pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .enumerate()
+    {
         for (pi, p) in c.ports.iter().flatten().enumerate() {
             let field = format!("spec.containers[{ci}].ports[{pi}]");
             if !(1..=65535).contains(&p.container_port) {
@@ -244,7 +249,11 @@ fn parse_cidr(cx: &Ctx, field: impl Into<String>, s: &str) -> Result<IpNet, Vali
         .map_err(|_| cx.err(field, format!("`{s}` is not a CIDR (like 10.0.0.0/8)")))
 }
 
-fn parse_protocol(cx: &Ctx, field: impl Into<String>, s: &str) -> Result<Protocol, ValidationError> {
+fn parse_protocol(
+    cx: &Ctx,
+    field: impl Into<String>,
+    s: &str,
+) -> Result<Protocol, ValidationError> {
     // Kubernetes spells protocols in upper case and rejects anything else.
     Protocol::ALL
         .into_iter()

@@ -1,0 +1,79 @@
+//! Command-line arguments (clap derive). Only subcommands that work are listed.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cluster::ObjectKey;
+use crate::policy::{Endpoint, PortProto};
+
+/// kube-nft enforces Kubernetes NetworkPolicy (and, later, Service NAT) with
+/// nftables.
+///
+/// `explain` evaluates NetworkPolicy semantics straight from the API definition
+/// over a set of manifests and tells, in plain sentences, why traffic is allowed
+/// or dropped.
+#[derive(Debug, Parser)]
+#[command(name = "kube-nft", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Explain NetworkPolicy verdicts: for a pod, a flow, or all pod pairs.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Manifest file or directory (recursive: *.yaml, *.yml, *.json). Repeatable.
+    /// Pods need `status.podIP` to take part in policy.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", global = true)]
+    pub files: Vec<PathBuf>,
+    /// Fail on any bad or unknown document instead of skipping it.
+    #[arg(long, global = true)]
+    pub strict: bool,
+    #[command(subcommand)]
+    pub what: ExplainCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExplainCommand {
+    /// The policies that select a pod, and what may reach it and what it may reach.
+    Pod {
+        /// NAMESPACE/NAME
+        pod: ObjectKey,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// The verdict on one flow, with a step-by-step walkthrough.
+    Flow {
+        /// Source: NAMESPACE/POD or an IP address.
+        #[arg(long)]
+        from: Endpoint,
+        /// Destination: NAMESPACE/POD or an IP address.
+        #[arg(long)]
+        to: Endpoint,
+        /// Destination PORT[/PROTOCOL] (TCP when omitted).
+        #[arg(long)]
+        port: PortProto,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// The pod-to-pod truth table.
+    Matrix {
+        /// PORT[/PROTOCOL] to probe (repeatable); default: every port pods declare.
+        #[arg(long = "port")]
+        ports: Vec<PortProto>,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}

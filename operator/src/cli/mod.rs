@@ -1,0 +1,14 @@
+//! The `kube-nft` command line: argument definitions and the commands.
+
+pub mod args;
+mod explain;
+mod table;
+
+pub use args::Cli;
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        args::Command::Explain(a) => explain::run(a),
+    }
+}
