@@ -6,6 +6,7 @@
 //! This crate knows nothing of Kubernetes.
 
 pub mod batch;
+pub mod dataplane;
 pub mod diff;
 pub mod model;
 pub mod netlink;
