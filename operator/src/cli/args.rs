@@ -24,6 +24,11 @@ pub struct Cli {
 pub enum Command {
     /// Explain NetworkPolicy verdicts: for a pod, a flow, or all pod pairs.
     Explain(ExplainArgs),
+    /// Enforce NetworkPolicy on real packets on this machine: network namespaces
+    /// as nodes and pods, one agent per node, truth tables.
+    Lab(super::lab::LabArgs),
+    /// The node agent: enforce one node's share of the policies with nftables.
+    Agent(super::agent::AgentArgs),
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,9 @@ pub mod listen;
 pub mod naming;
 pub mod netns;
 pub mod probe;
+pub mod report;
+pub mod run;
+pub mod scenario;
 pub mod sctp;
 pub mod topology;
 

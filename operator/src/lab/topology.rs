@@ -549,6 +549,73 @@ fn pod_batch(pod: &LabPod) -> IpBatch {
     }
 }
 
+/// Adds a pod to a built lab (a pod created mid-run): its namespace, its veth to
+/// the node, routes and sysctls as [`build`] would have made them. `ip` must be
+/// free and inside the node's pod CIDR (the caller allocates); `index` must be
+/// unique for the run (it names the namespace and the node-side veth).
+pub fn add_pod(
+    topology: &mut Topology,
+    pod: &PodSpec,
+    ip: Ipv4Addr,
+    index: usize,
+) -> Result<LabPod> {
+    let node = topology.node(&pod.node).cloned().ok_or_else(|| {
+        LabError::Spec(format!(
+            "pod {}/{}: node {:?} is not one of the lab's nodes",
+            pod.namespace, pod.name, pod.node
+        ))
+    })?;
+    let lab_pod = LabPod {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        node: pod.node.clone(),
+        netns: Netns::new(naming::pod_netns(
+            &topology.prefix,
+            index,
+            &pod.namespace,
+            &pod.name,
+        )),
+        ip,
+        ipv6: None,
+        ports: pod.ports.clone(),
+        node_iface: naming::node_pod_iface(index),
+    };
+    add_namespaces(std::slice::from_ref(&lab_pod.netns.name))?;
+    let pods = std::slice::from_ref(&lab_pod);
+    lab_pod.netns.write_sysctls(&[
+        ("net/ipv6/conf/all/accept_dad".to_string(), "0"),
+        ("net/ipv6/conf/default/accept_dad".to_string(), "0"),
+    ])?;
+    // Only the pod-related lines of the node's batch: the node exists already.
+    let mut node_side = node_batch(&node, pods);
+    let node_itself = node_batch(&node, &[]).commands;
+    node_side.commands.retain(|c| !node_itself.contains(c));
+    run_ip_batches(&[node_side])?;
+    set_sysctls(&[(&node.netns, pod_veth_sysctls(&node, pods))])?;
+    run_ip_batches(&[pod_batch(&lab_pod)])?;
+    wait_until_ready(&[&node.netns, &lab_pod.netns], READINESS_TIMEOUT)?;
+    topology.pods.push(lab_pod.clone());
+    Ok(lab_pod)
+}
+
+/// Removes a pod from a built lab: its namespace goes, and with it the veth and
+/// the node's route to it. Close the pod's listeners first.
+pub fn remove_pod(topology: &mut Topology, namespace: &str, name: &str) -> Result<()> {
+    let Some(at) = topology
+        .pods
+        .iter()
+        .position(|p| p.namespace == namespace && p.name == name)
+    else {
+        return Ok(());
+    };
+    let pod = topology.pods.remove(at);
+    run_ip_batches(&[IpBatch {
+        netns: None,
+        commands: vec![format!("netns del {}", pod.netns.name)],
+        force: false,
+    }])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

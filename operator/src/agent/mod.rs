@@ -1,0 +1,219 @@
+//! The node agent's core: what the DaemonSet runs on every node, and what the lab
+//! runs once per lab node.
+//!
+//! An [`Agent`] holds a node name and a [`Dataplane`] for one network namespace.
+//! It takes the node's share of the compiled policy ([`AgentInput`]), renders the
+//! desired `inet kube-nft` table ([`crate::render::render_policy`]), and syncs it
+//! incrementally: the dataplane diffs against the table it last committed and
+//! sends only the difference, in one atomic batch.
+//!
+//! The netlink connection is `!Send`, so [`AgentHandle::spawn`] runs an agent on
+//! a thread of its own and talks to it over a channel; [`AgentHandle::sync`]
+//! returns once the kernel committed the change, i.e. once it is enforced.
+
+mod handle;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use kube_nft_crds::ir::{AddressSet, CompiledPolicy, NodePolicy};
+use nft::dataplane::{Dataplane, SyncError};
+use nft::netlink::{self, Conn};
+use nft::{Batch, Table};
+use serde::Serialize;
+
+pub use handle::{AgentHandle, PendingSync};
+
+use crate::render::{self, TABLE_FAMILY, TABLE_NAME};
+
+/// Why an agent could not open its dataplane or enforce a change. The
+/// previously committed ruleset stays enforced on a failed sync.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("node {node}: opening nftables{}: {source}", in_netns(.netns))]
+    Open {
+        node: String,
+        netns: Option<String>,
+        #[source]
+        source: netlink::Error,
+    },
+    #[error("node {node}: enforcing: {source}")]
+    Sync {
+        node: String,
+        #[source]
+        source: SyncError,
+    },
+    #[error("node {node}: agent thread {what}")]
+    Gone { node: String, what: &'static str },
+}
+
+fn in_netns(netns: &Option<String>) -> String {
+    netns
+        .as_ref()
+        .map(|n| format!(" in network namespace {n}"))
+        .unwrap_or_default()
+}
+
+/// What a node enforces: its share of the IR and the address sets it references
+/// (more sets are harmless: only referenced ones are rendered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentInput {
+    pub policy: NodePolicy,
+    pub address_sets: BTreeMap<String, AddressSet>,
+}
+
+impl AgentInput {
+    /// `node`'s share of a compiled policy; a node with nothing to enforce gets an
+    /// empty share (its table then has base chains and empty maps).
+    pub fn for_node(compiled: &CompiledPolicy, node: &str) -> AgentInput {
+        let policy = compiled.nodes.get(node).cloned().unwrap_or(NodePolicy {
+            node: node.to_string(),
+            ..Default::default()
+        });
+        AgentInput {
+            policy,
+            address_sets: compiled.address_sets.clone(),
+        }
+    }
+
+    /// The desired table (pure).
+    pub fn render(&self) -> Table {
+        render::render_policy(&self.policy, &self.address_sets)
+    }
+}
+
+/// What one sync did. `ops == 0` means the kernel already held the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    pub node: String,
+    /// Operations of the diff (an element list counts once).
+    pub ops: usize,
+    /// Objects changed: set elements, rules and headers.
+    pub elements: usize,
+    /// Committed transactions (0 when nothing changed).
+    pub transactions: usize,
+    /// Wall time from diff to the kernel's commit.
+    #[serde(serialize_with = "as_millis")]
+    pub elapsed: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// One node's agent. Not `Send` (it owns a netlink socket): use it on one thread,
+/// or through [`AgentHandle`].
+pub struct Agent {
+    node: String,
+    dataplane: Dataplane,
+}
+
+impl Agent {
+    /// Opens the agent's table in the network namespace at `netns` (a path such
+    /// as `/run/netns/NAME`), or in the caller's namespace. Reads the table the
+    /// kernel holds once, so a restarted agent diffs against what is enforced.
+    pub fn open(node: &str, netns: Option<&Path>) -> Result<Agent, AgentError> {
+        let open_err = |source| AgentError::Open {
+            node: node.to_string(),
+            netns: netns.map(|p| p.display().to_string()),
+            source,
+        };
+        let conn = match netns {
+            Some(path) => Conn::open_in_netns(path),
+            None => Conn::open(),
+        }
+        .map_err(open_err)?;
+        let dataplane = Dataplane::open(conn, TABLE_FAMILY, TABLE_NAME).map_err(open_err)?;
+        Ok(Agent {
+            node: node.to_string(),
+            dataplane,
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// What the kernel holds as far as this agent knows.
+    pub fn committed(&self) -> Option<&Table> {
+        self.dataplane.committed()
+    }
+
+    /// The batch a sync to `input` would send now (for `--dry-run`).
+    pub fn plan(&self, input: &AgentInput) -> Batch {
+        nft::diff::diff(self.committed(), &input.render())
+    }
+
+    /// Renders `input` and makes the kernel hold it, sending only the diff.
+    /// Returns once the kernel committed.
+    pub fn sync(&mut self, input: &AgentInput) -> Result<AgentReport, AgentError> {
+        let desired = input.render();
+        let sync = self
+            .dataplane
+            .sync(&desired)
+            .map_err(|source| AgentError::Sync {
+                node: self.node.clone(),
+                source,
+            })?;
+        Ok(AgentReport {
+            node: self.node.clone(),
+            ops: sync.ops,
+            elements: sync.changes,
+            transactions: sync.transactions,
+            elapsed: sync.elapsed,
+        })
+    }
+}
+
+/// The `nft -f` script of the batch that brings `committed` to `input`'s table
+/// (pure; `committed: None` = the table does not exist yet).
+pub fn dry_run_script(committed: Option<&Table>, input: &AgentInput) -> String {
+    let desired = input.render();
+    let batch = nft::diff::diff(committed, &desired);
+    nft::render::render_batch_with(&batch, Some(&desired))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube_nft_crds::ir::PodPolicy;
+
+    fn isolated_pod() -> CompiledPolicy {
+        CompiledPolicy {
+            address_sets: BTreeMap::new(),
+            nodes: BTreeMap::from([(
+                "n1".to_string(),
+                NodePolicy {
+                    node: "n1".into(),
+                    node_addresses: vec!["172.31.0.10".parse().unwrap()],
+                    pods: vec![PodPolicy {
+                        namespace: "x".into(),
+                        name: "a".into(),
+                        ips: vec!["10.244.0.2".parse().unwrap()],
+                        ingress_isolated: true,
+                        ..Default::default()
+                    }],
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn a_node_without_policy_gets_an_empty_share() {
+        let input = AgentInput::for_node(&isolated_pod(), "n2");
+        assert_eq!(input.policy.node, "n2");
+        assert!(input.policy.pods.is_empty());
+    }
+
+    #[test]
+    fn dry_run_from_scratch_creates_the_table_and_nothing_when_equal() {
+        let input = AgentInput::for_node(&isolated_pod(), "n1");
+        let script = dry_run_script(None, &input);
+        assert!(script.contains("kube-nft"), "{script}");
+        assert!(script.contains("10.244.0.2"), "{script}");
+        let again = dry_run_script(Some(&input.render()), &input);
+        assert!(!again.contains("10.244.0.2"), "{again}");
+    }
+}

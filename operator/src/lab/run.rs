@@ -1,0 +1,820 @@
+//! `kube-nft lab run`: manifests (+ a scenario) → a lab, one agent per node
+//! enforcing the compiled policy, real probes, a [`LabReport`].
+//!
+//! The pure part plans the lab from the cluster model ([`plan_lab`]: nodes,
+//! pod placement, listening ports); the rest drives the edges in order:
+//! build the namespaces, write the lab's addresses back into the model (so
+//! explain and the compiler see what the kernel sees), start agents and
+//! listeners, then run the steps. After every `apply`/`delete` the whole
+//! cluster is recompiled and every node gets its share; the step ends when
+//! every agent reports the kernel committed it, so probes never race a sync.
+//!
+//! The main thread does the blocking work (namespaces, agents); a small tokio
+//! runtime serves listeners and runs probes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec as K8sNodeSpec, Pod, PodIP};
+use tokio::runtime::Runtime;
+
+use super::report::{Cell, Enforcement, LabReport, ProbeReport};
+use super::scenario::{ObjectRef, ProbeStep, Scenario, Step};
+use super::topology::{self, LabPod, NodeSpec, PodPort, PodSpec, Topology};
+use super::{addressing, sctp, LabGuard, Listeners, ProbeSpec, Protocol};
+use crate::agent::{AgentHandle, AgentInput, AgentReport};
+use crate::cluster::{self, Cluster, Object, ObjectKey};
+use crate::policy::{compile, explain_flow, Endpoint, Flow};
+
+/// Command-line knobs of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Nodes to generate when the manifests hold no Node.
+    pub nodes: usize,
+    /// Where generated nodes (and Nodes without `spec.podCIDR`) get their /24s.
+    pub pod_cidr: Ipv4Net,
+    /// Per connection attempt.
+    pub timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            nodes: 2,
+            pod_cidr: "10.244.0.0/16".parse().expect("valid CIDR"),
+            timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// planning (pure)
+
+/// The lab's nodes: every Node manifest (its `spec.podCIDR`, or the next free
+/// /24 of `pod_cidr`), else `count` generated nodes `node-1`… with /24s.
+pub fn plan_nodes(
+    cluster: &Cluster,
+    count: usize,
+    pod_cidr: Ipv4Net,
+) -> anyhow::Result<Vec<NodeSpec>> {
+    let mut given: Vec<(String, Option<Ipv4Net>)> = Vec::new();
+    for (name, node) in cluster.nodes() {
+        let spec = node.spec.as_ref();
+        let cidrs = spec
+            .and_then(|s| s.pod_cidrs.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.and_then(|s| s.pod_cidr.clone()));
+        let mut v4 = None;
+        for c in cidrs {
+            match c.parse::<IpNet>() {
+                Ok(IpNet::V4(net)) => v4 = v4.or(Some(net.trunc())),
+                Ok(IpNet::V6(_)) => {}
+                Err(e) => bail!("Node {name}: spec.podCIDR `{c}`: {e}"),
+            }
+        }
+        given.push((name.clone(), v4));
+    }
+    if given.is_empty() {
+        if count == 0 {
+            bail!("--nodes must be at least 1");
+        }
+        given = (1..=count).map(|i| (format!("node-{i}"), None)).collect();
+    }
+    let taken: Vec<Ipv4Net> = given.iter().filter_map(|(_, c)| *c).collect();
+    let mut free = pod_cidr
+        .subnets(pod_cidr.prefix_len().max(24))
+        .map_err(|e| anyhow!("--pod-cidr {pod_cidr}: {e}"))?
+        .filter(|s| {
+            !taken
+                .iter()
+                .any(|t| t.contains(&s.network()) || s.contains(&t.network()))
+        });
+    given
+        .into_iter()
+        .map(|(name, cidr)| {
+            let pod_cidr = match cidr {
+                Some(c) => c,
+                None => free.next().ok_or_else(|| {
+                    anyhow!("--pod-cidr {pod_cidr} has no free /24 left for node {name}")
+                })?,
+            };
+            Ok(NodeSpec {
+                name,
+                pod_cidr,
+                pod_cidr_v6: None,
+            })
+        })
+        .collect()
+}
+
+/// Whether the lab gives `pod` a namespace: live or about to be (no terminal
+/// phase) and not on the host network (it would share its node's namespace).
+pub fn is_lab_pod(pod: &Pod) -> bool {
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    !terminal && !cluster::is_host_network(pod)
+}
+
+/// Every (protocol, port) the lab's pods declare (they have no IP yet, so
+/// explain's `declared_ports`, which counts live pods only, would see none).
+pub fn declared_ports(cluster: &Cluster) -> Vec<(Protocol, u16)> {
+    let mut ports: BTreeSet<(u16, Protocol)> = BTreeSet::new();
+    for pod in cluster.pods().values().filter(|p| is_lab_pod(p)) {
+        ports.extend(cluster::container_ports(pod).map(|(_, proto, port)| (port, proto)));
+    }
+    ports
+        .into_iter()
+        .map(|(port, proto)| (proto, port))
+        .collect()
+}
+
+/// Ports a pod listens on: its declared ports plus every probed one.
+fn listen_ports(pod: &Pod, probed: &[(Protocol, u16)]) -> Vec<PodPort> {
+    let mut ports: BTreeSet<PodPort> = cluster::container_ports(pod)
+        .map(|(_, protocol, port)| PodPort { protocol, port })
+        .collect();
+    ports.extend(
+        probed
+            .iter()
+            .map(|&(protocol, port)| PodPort { protocol, port }),
+    );
+    ports.into_iter().collect()
+}
+
+/// A pod's given IPv4 (`status.podIP`), if any.
+fn given_ip(key: &ObjectKey, pod: &Pod) -> anyhow::Result<Option<Ipv4Addr>> {
+    match cluster::pod_ips(pod).first() {
+        None => Ok(None),
+        Some(IpAddr::V4(ip)) => Ok(Some(*ip)),
+        Some(IpAddr::V6(ip)) => {
+            bail!("Pod {key}: status.podIP {ip}: the lab is IPv4-only; drop the field to allocate one")
+        }
+    }
+}
+
+/// Pod placement: `spec.nodeName`, else round-robin over the nodes starting at
+/// `*next`. Names an unknown node clearly.
+fn place(
+    key: &ObjectKey,
+    pod: &Pod,
+    nodes: &[NodeSpec],
+    next: &mut usize,
+) -> anyhow::Result<String> {
+    match cluster::pod_node(pod) {
+        Some(n) if nodes.iter().any(|x| x.name == n) => Ok(n.to_string()),
+        Some(n) => bail!(
+            "Pod {key}: spec.nodeName `{n}` is not a lab node (nodes: {})",
+            nodes
+                .iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => {
+            let node = nodes[*next % nodes.len()].name.clone();
+            *next += 1;
+            Ok(node)
+        }
+    }
+}
+
+/// The lab to build for the model, plus the round-robin position reached.
+pub fn plan_lab(
+    cluster: &Cluster,
+    options: &RunOptions,
+    probed: &[(Protocol, u16)],
+) -> anyhow::Result<(topology::LabSpec, usize)> {
+    let nodes = plan_nodes(cluster, options.nodes, options.pod_cidr)?;
+    let mut next = 0;
+    let mut pods = Vec::new();
+    for (key, pod) in cluster.pods().iter().filter(|(_, p)| is_lab_pod(p)) {
+        pods.push(PodSpec {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            node: place(key, pod, &nodes, &mut next)?,
+            ip: given_ip(key, pod)?,
+            ipv6: None,
+            ports: listen_ports(pod, probed),
+        });
+    }
+    Ok((topology::LabSpec { nodes, pods }, next))
+}
+
+/// `pod` as the lab built it: its IP and node written into the model.
+fn with_lab_addresses(mut pod: Pod, lab: &LabPod) -> Pod {
+    pod.spec.get_or_insert_with(Default::default).node_name = Some(lab.node.clone());
+    let status = pod.status.get_or_insert_with(Default::default);
+    status.pod_ip = Some(lab.ip.to_string());
+    status.pod_ips = Some(vec![PodIP {
+        ip: lab.ip.to_string(),
+    }]);
+    if status.phase.is_none() {
+        status.phase = Some("Running".into());
+    }
+    pod
+}
+
+/// `node` with the lab's InternalIP and pod CIDR (other addresses are not real here).
+fn with_lab_node(node: Option<Node>, lab: &topology::LabNode) -> Node {
+    let mut node = node.unwrap_or_else(|| {
+        let mut n = Node::default();
+        n.metadata.name = Some(lab.name.clone());
+        n
+    });
+    let spec = node.spec.get_or_insert_with(K8sNodeSpec::default);
+    spec.pod_cidr = Some(lab.pod_cidr.to_string());
+    spec.pod_cidrs = Some(vec![lab.pod_cidr.to_string()]);
+    let status = node.status.get_or_insert_with(Default::default);
+    let mut addresses: Vec<NodeAddress> = status
+        .addresses
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.type_ != "InternalIP")
+        .collect();
+    addresses.insert(
+        0,
+        NodeAddress {
+            type_: "InternalIP".into(),
+            address: lab.internal_ip.to_string(),
+        },
+    );
+    status.addresses = Some(addresses);
+    node
+}
+
+/// Explain's verdict, the reference; a flow explain cannot judge counts as allowed
+/// (no policy isolates what explain does not know).
+fn explain_verdict(cluster: &Cluster, from: &ObjectKey, to: &ObjectKey, p: &ProbeStep) -> bool {
+    let flow = Flow {
+        from: Endpoint::Pod(from.clone()),
+        to: Endpoint::Pod(to.clone()),
+        protocol: p.protocol,
+        port: p.port,
+    };
+    explain_flow(cluster, &flow)
+        .map(|e| e.allowed)
+        .unwrap_or(true)
+}
+
+// ---------------------------------------------------------------------------
+// the run (edges)
+
+/// A running lab: the model, namespaces, agents and listeners.
+struct Lab {
+    cluster: Cluster,
+    topology: Topology,
+    agents: Vec<AgentHandle>,
+    listeners: BTreeMap<ObjectKey, Listeners>,
+    probed: Vec<(Protocol, u16)>,
+    timeout: Duration,
+    next_node: usize,
+    next_index: usize,
+    enforcements: Vec<Enforcement>,
+    rt: Runtime,
+}
+
+/// Runs the lab for `cluster` (from manifests) and `scenario` (default: one
+/// probe per declared port, expecting explain's verdict). Everything it builds
+/// is removed before it returns, also on error; leftovers of crashed runs are
+/// removed first.
+pub fn run(
+    cluster: Cluster,
+    scenario: Option<Scenario>,
+    options: &RunOptions,
+) -> anyhow::Result<LabReport> {
+    let scenario = match scenario {
+        Some(s) => s,
+        None => {
+            let ports = declared_ports(&cluster);
+            if ports.is_empty() {
+                bail!("no pod declares a container port; give a --scenario with probe steps");
+            }
+            Scenario::from_ports(&ports)
+        }
+    };
+    scenario.check_supported().map_err(|e| anyhow!(e))?;
+    let probed = scenario.probed_ports();
+    let (spec, next_node) = plan_lab(&cluster, options, &probed)?;
+    // Check addresses before creating anything: clear errors, nothing to undo.
+    addressing::plan(&spec)?;
+
+    let removed = super::cleanup_stale().context("removing leftovers of crashed lab runs")?;
+    if !removed.is_empty() {
+        eprintln!(
+            "removed {} namespaces left by crashed lab runs",
+            removed.len()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let guard = LabGuard::new()?;
+    let topology = topology::build(&spec, &guard).context("building the lab")?;
+    let next_index = topology.pods.len();
+    let mut lab = Lab {
+        cluster,
+        topology,
+        agents: Vec::new(),
+        listeners: BTreeMap::new(),
+        probed,
+        timeout: options.timeout,
+        next_node,
+        next_index,
+        enforcements: Vec::new(),
+        rt,
+    };
+    let outcome = lab.run(&scenario);
+    // Sockets in lab namespaces go first, then the namespaces.
+    lab.listeners.clear();
+    lab.agents.clear();
+    drop(lab);
+    let removal = guard.remove();
+    let report = outcome?;
+    removal.context("removing the lab's namespaces")?;
+    Ok(report)
+}
+
+impl Lab {
+    fn run(&mut self, scenario: &Scenario) -> anyhow::Result<LabReport> {
+        self.write_back()?;
+        for node in &self.topology.nodes {
+            self.agents
+                .push(AgentHandle::spawn(&node.name, Some(node.netns.path()))?);
+        }
+        let pods = self.topology.pods.clone();
+        for pod in &pods {
+            self.serve(pod)?;
+        }
+        self.enforce(None)?;
+
+        let mut probes = Vec::new();
+        let mut batch: Vec<(usize, &ProbeStep)> = Vec::new();
+        for (i, step) in scenario.steps.iter().enumerate() {
+            if let Step::Probe(p) = step {
+                batch.push((i, p));
+                continue;
+            }
+            // Consecutive probes run together: the policy does not change between them.
+            probes.extend(self.probe(&std::mem::take(&mut batch))?);
+            match step {
+                Step::Apply(items) => self.apply(i, items)?,
+                Step::Delete(refs) => self.delete(i, refs)?,
+                Step::Probe(_) => unreachable!("handled above"),
+            }
+            self.enforce(Some(i))?;
+        }
+        probes.extend(self.probe(&batch)?);
+        // One line per port and reason, not per pod.
+        let mut grouped: BTreeMap<(String, &str), Vec<&str>> = BTreeMap::new();
+        for n in self.listeners.values().flat_map(|l| l.not_servable()) {
+            let port = format!("{}/{}", n.port.protocol, n.port.port);
+            grouped.entry((port, &n.reason)).or_default().push(&n.who);
+        }
+        let not_servable = grouped
+            .into_iter()
+            .map(|((port, reason), who)| format!("{port} on {}: {reason}", who.join(", ")))
+            .collect();
+        Ok(LabReport::new(
+            probes,
+            std::mem::take(&mut self.enforcements),
+            not_servable,
+        ))
+    }
+
+    /// Writes every lab pod's IP/node and every node's InternalIP/podCIDR into the model.
+    fn write_back(&mut self) -> anyhow::Result<()> {
+        for lab in &self.topology.nodes {
+            let node = with_lab_node(self.cluster.nodes().get(&lab.name).cloned(), lab);
+            self.cluster
+                .insert(Object::Node(node))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        for lab in self.topology.pods.clone() {
+            self.write_back_pod(&lab)?;
+        }
+        Ok(())
+    }
+
+    fn write_back_pod(&mut self, lab: &LabPod) -> anyhow::Result<()> {
+        let key = ObjectKey::new(lab.namespace.as_str(), lab.name.as_str());
+        let pod = self
+            .cluster
+            .pod(&key)
+            .cloned()
+            .ok_or_else(|| anyhow!("Pod {key} vanished from the model"))?;
+        self.cluster
+            .insert_pod(with_lab_addresses(pod, lab))
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    fn serve(&mut self, pod: &LabPod) -> anyhow::Result<()> {
+        let mut listeners = Listeners::new();
+        self.rt
+            .block_on(listeners.serve(&pod.netns, &pod.label(), &pod.ips(), &pod.ports))?;
+        self.listeners.insert(
+            ObjectKey::new(pod.namespace.as_str(), pod.name.as_str()),
+            listeners,
+        );
+        Ok(())
+    }
+
+    /// Recompiles, hands every node its share, and waits until each kernel
+    /// committed it.
+    fn enforce(&mut self, step: Option<usize>) -> anyhow::Result<()> {
+        let compiled = compile(&self.cluster);
+        let pending = self
+            .agents
+            .iter()
+            .map(|a| a.submit(AgentInput::for_node(&compiled, a.node())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nodes = pending
+            .into_iter()
+            .map(|p| p.wait())
+            .collect::<Result<Vec<AgentReport>, _>>()
+            .with_context(|| match step {
+                Some(i) => format!("enforcing after steps[{i}]"),
+                None => "enforcing the initial policy".to_string(),
+            })?;
+        self.enforcements.push(Enforcement { step, nodes });
+        Ok(())
+    }
+
+    fn apply(&mut self, step: usize, items: &[serde_json::Value]) -> anyhow::Result<()> {
+        for (j, item) in items.iter().enumerate() {
+            let object = super::scenario::to_object(item)
+                .map_err(|e| anyhow!("steps[{step}].apply[{j}]: {e}"))?;
+            let at = |e: anyhow::Error| e.context(format!("steps[{step}].apply[{j}]"));
+            match object {
+                Object::Pod(pod) => self.apply_pod(pod).map_err(at)?,
+                Object::Node(node) => {
+                    let name = node.metadata.name.clone().unwrap_or_default();
+                    let Some(lab) = self.topology.node(&name).cloned() else {
+                        return Err(at(anyhow!(
+                            "Node {name}: adding nodes mid-scenario is not supported by the lab"
+                        )));
+                    };
+                    self.cluster
+                        .insert(Object::Node(with_lab_node(Some(node), &lab)))
+                        .map_err(|e| at(anyhow!("{e}")))?;
+                }
+                other => self.cluster.insert(other).map_err(|e| at(anyhow!("{e}")))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A new pod gets a namespace, veth and listeners; an existing one keeps them
+    /// unless its node, IP or ports change (then it is rebuilt); a label change
+    /// only updates the model.
+    fn apply_pod(&mut self, pod: Pod) -> anyhow::Result<()> {
+        let key = ObjectKey::of(&pod.metadata);
+        if !is_lab_pod(&pod) {
+            self.remove_lab_pod(&key)?;
+            self.cluster.insert_pod(pod).map_err(|e| anyhow!("{e}"))?;
+            return Ok(());
+        }
+        let given = given_ip(&key, &pod)?;
+        let ports = listen_ports(&pod, &self.probed);
+        let existing = self.topology.pod(&key.namespace, &key.name).cloned();
+        if let Some(lab) = existing {
+            let node_kept = cluster::pod_node(&pod).is_none_or(|n| n == lab.node);
+            let ip_kept = given.is_none_or(|ip| ip == lab.ip);
+            if node_kept && ip_kept && ports == lab.ports {
+                self.cluster
+                    .insert_pod(with_lab_addresses(pod, &lab))
+                    .map_err(|e| anyhow!("{e}"))?;
+                return Ok(());
+            }
+            self.remove_lab_pod(&key)?;
+        }
+        let node_specs: Vec<NodeSpec> = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| NodeSpec {
+                name: n.name.clone(),
+                pod_cidr: n.pod_cidr,
+                pod_cidr_v6: None,
+            })
+            .collect();
+        let node = place(&key, &pod, &node_specs, &mut self.next_node)?;
+        let cidr = self
+            .topology
+            .node(&node)
+            .map(|n| n.pod_cidr)
+            .ok_or_else(|| anyhow!("node {node} vanished"))?;
+        let taken: BTreeMap<IpAddr, String> = self
+            .topology
+            .pods
+            .iter()
+            .map(|p| (IpAddr::V4(p.ip), p.label()))
+            .collect();
+        let ip = match given {
+            Some(ip) => {
+                if !cidr.contains(&ip) {
+                    bail!(
+                        "Pod {key}: status.podIP {ip} is outside podCIDR {cidr} of its node {node}"
+                    );
+                }
+                if let Some(owner) = taken.get(&IpAddr::V4(ip)) {
+                    bail!("Pod {key}: status.podIP {ip} is already {owner}'s");
+                }
+                ip
+            }
+            None => match addressing::allocate(&IpNet::V4(cidr), &taken) {
+                Some(IpAddr::V4(ip)) => ip,
+                _ => bail!("Pod {key}: podCIDR {cidr} of node {node} is full"),
+            },
+        };
+        let spec = PodSpec {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            node,
+            ip: Some(ip),
+            ipv6: None,
+            ports,
+        };
+        let index = self.next_index;
+        self.next_index += 1;
+        let lab = topology::add_pod(&mut self.topology, &spec, ip, index)
+            .with_context(|| format!("adding Pod {key} to the lab"))?;
+        self.serve(&lab)?;
+        self.cluster
+            .insert_pod(with_lab_addresses(pod, &lab))
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    fn remove_lab_pod(&mut self, key: &ObjectKey) -> anyhow::Result<()> {
+        // Close the pod's sockets first, or its namespace outlives its name.
+        self.listeners.remove(key);
+        topology::remove_pod(&mut self.topology, &key.namespace, &key.name)
+            .with_context(|| format!("removing Pod {key} from the lab"))?;
+        Ok(())
+    }
+
+    fn delete(&mut self, step: usize, refs: &[ObjectRef]) -> anyhow::Result<()> {
+        for (j, r) in refs.iter().enumerate() {
+            let key = r.key();
+            let found = match r.kind.as_str() {
+                "Pod" => {
+                    self.remove_lab_pod(&key)?;
+                    self.cluster.remove_pod(&key).is_some()
+                }
+                "NetworkPolicy" => self.cluster.remove_policy(&key).is_some(),
+                "Service" => self.cluster.remove_service(&key).is_some(),
+                "EndpointSlice" => self.cluster.remove_endpoint_slice(&key).is_some(),
+                // Like the API server: a namespace's objects go with it.
+                "Namespace" => {
+                    let pods: Vec<ObjectKey> = self
+                        .cluster
+                        .pods()
+                        .keys()
+                        .filter(|k| k.namespace == r.name)
+                        .cloned()
+                        .collect();
+                    for k in &pods {
+                        self.remove_lab_pod(k)?;
+                        self.cluster.remove_pod(k);
+                    }
+                    let policies: Vec<ObjectKey> = self
+                        .cluster
+                        .policies_in(&r.name)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in &policies {
+                        self.cluster.remove_policy(k);
+                    }
+                    self.cluster.remove_namespace(&r.name).is_some() || !pods.is_empty()
+                }
+                _ => bail!(
+                    "steps[{step}].delete[{j}]: deleting a {} is not supported by the lab",
+                    r.kind
+                ),
+            };
+            if !found {
+                bail!("steps[{step}].delete[{j}]: {r} not found");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the probes of consecutive probe steps at once and judges them.
+    fn probe(&mut self, steps: &[(usize, &ProbeStep)]) -> anyhow::Result<Vec<ProbeReport>> {
+        let mut pods: Vec<&LabPod> = self.topology.pods.iter().collect();
+        pods.sort_by_key(|p| (p.namespace.clone(), p.name.clone()));
+        let keys: Vec<ObjectKey> = pods
+            .iter()
+            .map(|p| ObjectKey::new(p.namespace.as_str(), p.name.as_str()))
+            .collect();
+        let mut specs = Vec::new();
+        let mut reports = Vec::new();
+        // (report index, from, to, spec index)
+        let mut pending = Vec::new();
+        for &(step, p) in steps {
+            check_expectation_names(step, p, &keys)?;
+            let skipped =
+                (p.protocol == Protocol::Sctp).then(|| sctp::unsupported_reason().to_string());
+            reports.push(ProbeReport {
+                step,
+                protocol: p.protocol,
+                port: p.port,
+                to: "pod".into(),
+                results: Vec::new(),
+                skipped: skipped.clone(),
+            });
+            if skipped.is_some() {
+                continue;
+            }
+            for (fi, from) in pods.iter().enumerate() {
+                for (ti, to) in pods.iter().enumerate() {
+                    if fi == ti {
+                        continue;
+                    }
+                    pending.push((reports.len() - 1, p, fi, ti, specs.len()));
+                    specs.push(ProbeSpec {
+                        from: from.netns.clone(),
+                        to: SocketAddr::new(IpAddr::V4(to.ip), p.port),
+                        protocol: p.protocol,
+                        timeout: self.timeout,
+                    });
+                }
+            }
+        }
+        let results = self.rt.block_on(super::probe_many(&specs));
+        for (r, p, fi, ti, si) in pending {
+            let (from, to) = (&keys[fi], &keys[ti]);
+            let result = &results[si];
+            let label = pods[ti].label();
+            let answered_by = result.answer.as_ref().map(|a| a.responder.clone());
+            let allowed = result.answered() && answered_by.as_deref() == Some(label.as_str());
+            let detail = match (&result.error, &answered_by) {
+                (Some(e), _) => Some(e.to_string()),
+                (None, Some(who)) if *who != label => Some(format!("answered by {who}")),
+                (None, None) if !allowed => Some("no answer".into()),
+                _ => None,
+            };
+            let explain = explain_verdict(&self.cluster, from, to, p);
+            let expected = p.expect.as_ref().map_or(explain, |e| e.expected(from, to));
+            reports[r].results.push(Cell {
+                from: from.to_string(),
+                to: to.to_string(),
+                allowed,
+                expected,
+                explain,
+                detail,
+            });
+        }
+        Ok(reports)
+    }
+}
+
+/// Every pod an expectation names exactly must exist at that step: a typo must
+/// not silently turn into "every other pair".
+fn check_expectation_names(step: usize, p: &ProbeStep, pods: &[ObjectKey]) -> anyhow::Result<()> {
+    let Some(expect) = &p.expect else {
+        return Ok(());
+    };
+    for pair in &expect.pairs {
+        for side in [&pair.from, &pair.to] {
+            if let Some(k) = side.exact() {
+                if !pods.contains(&k) {
+                    bail!("steps[{step}].probe.expect: `{pair}` names pod {k}, which is not in the lab at this step");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::load::{load_str, Loaded};
+    use std::path::Path;
+
+    fn cluster(yaml: &str) -> Cluster {
+        let mut loaded = Loaded::default();
+        load_str(&mut loaded, Path::new("t.yaml"), yaml);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        loaded.cluster
+    }
+
+    const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {containers: [{name: c, ports: [{containerPort: 80, name: http}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x}
+spec: {containers: [{name: c, ports: [{containerPort: 53, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {podIP: 10.244.0.7}
+"#;
+
+    #[test]
+    fn generated_nodes_and_round_robin_placement() {
+        let c = cluster(PODS);
+        let (spec, next) = plan_lab(&c, &RunOptions::default(), &[(Protocol::Tcp, 80)]).unwrap();
+        let nodes: Vec<_> = spec
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.pod_cidr.to_string()))
+            .collect();
+        assert_eq!(
+            nodes,
+            vec![
+                ("node-1", "10.244.0.0/24".into()),
+                ("node-2", "10.244.1.0/24".into())
+            ]
+        );
+        let placed: Vec<_> = spec
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.node.as_str(), p.ip))
+            .collect();
+        assert_eq!(
+            placed,
+            vec![
+                ("a", "node-1", None),
+                ("b", "node-2", None),
+                ("c", "node-1", Some("10.244.0.7".parse().unwrap()))
+            ]
+        );
+        assert_eq!(next, 2);
+        // Every pod listens on the probed port too.
+        assert!(spec.pods[1].ports.contains(&PodPort {
+            protocol: Protocol::Tcp,
+            port: 80
+        }));
+        assert!(spec.pods[1].ports.contains(&PodPort {
+            protocol: Protocol::Udp,
+            port: 53
+        }));
+    }
+
+    #[test]
+    fn node_manifests_win_and_unknown_nodes_are_named() {
+        let c = cluster(&format!(
+            "{PODS}---\napiVersion: v1\nkind: Node\nmetadata: {{name: w1}}\nspec: {{podCIDR: 10.9.1.0/24}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: w2}}\n"
+        ));
+        let nodes = plan_nodes(&c, 5, "10.244.0.0/16".parse().unwrap()).unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].pod_cidr.to_string(), "10.9.1.0/24");
+        assert_eq!(nodes[1].pod_cidr.to_string(), "10.244.0.0/24");
+        let e = plan_lab(&c, &RunOptions::default(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Pod x/c: spec.nodeName `node-1` is not a lab node"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn given_ip_outside_the_node_cidr_is_a_clear_error() {
+        let c = cluster(&PODS.replace("10.244.0.7", "10.244.1.7"));
+        let (spec, _) = plan_lab(&c, &RunOptions::default(), &[]).unwrap();
+        let e = addressing::plan(&spec).unwrap_err().to_string();
+        assert!(
+            e.contains("pod x/c: ip 10.244.1.7 is outside podCIDR 10.244.0.0/24"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn lab_addresses_are_written_into_the_model() {
+        let c = cluster(PODS);
+        let lab = LabPod {
+            namespace: "x".into(),
+            name: "a".into(),
+            node: "node-2".into(),
+            netns: super::super::Netns::new("kn-000000-p0-x.a"),
+            ip: "10.244.1.2".parse().unwrap(),
+            ipv6: None,
+            ports: vec![],
+            node_iface: "pod0".into(),
+        };
+        let pod = with_lab_addresses(c.pod(&"x/a".parse().unwrap()).unwrap().clone(), &lab);
+        assert_eq!(cluster::pod_node(&pod), Some("node-2"));
+        assert_eq!(
+            cluster::pod_ips(&pod),
+            vec!["10.244.1.2".parse::<IpAddr>().unwrap()]
+        );
+        assert!(cluster::is_live(&pod));
+    }
+}

@@ -1,0 +1,472 @@
+//! The lab's scenario file (pure): steps run in order, each an `apply`, a
+//! `delete` or a `probe`.
+//!
+//! ```yaml
+//! steps:
+//!   - probe: {protocol: TCP, port: 80, to: pod, expect: {allow: ["shop/frontend-1->shop/backend"]}}
+//!   - apply: [ {apiVersion: v1, kind: Pod, metadata: {…}, spec: {…}} ]   # create or replace
+//!   - delete: [ {kind: NetworkPolicy, namespace: shop, name: allow-web} ]
+//!   - probe: {protocol: UDP, port: 53, expect: {deny: ["*/*->kube-system/dns"]}}
+//! ```
+//!
+//! * `expect` lists pairs `from->to` (`namespace/name`; `*` matches any namespace
+//!   or name); pairs not listed get the opposite verdict. Without `expect` the
+//!   lab expects what explain says.
+//! * `protocol` defaults to TCP, `to` to `pod`. `to: service` is refused until
+//!   Service NAT exists.
+//! * `apply` items are inline manifests (any kind the cluster model holds).
+
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Protocol;
+use crate::cluster::{Object, ObjectKey};
+
+/// A parsed, checked scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Create or replace each manifest (by kind/namespace/name).
+    Apply(Vec<Value>),
+    Delete(Vec<ObjectRef>),
+    Probe(ProbeStep),
+}
+
+/// What a `delete` names. `namespace` is ignored for cluster-scoped kinds and
+/// defaults to `default` for namespaced ones, like kubectl.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(
+            self.namespace.as_deref().unwrap_or("default"),
+            self.name.as_str(),
+        )
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind.as_str() {
+            "Namespace" | "Node" => write!(f, "{} {}", self.kind, self.name),
+            _ => write!(f, "{} {}", self.kind, self.key()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Pod,
+    Service,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeStep {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub to: Target,
+    /// `None`: expect explain's verdict.
+    pub expect: Option<Expect>,
+}
+
+/// Listed pairs get `verdict`, the others its opposite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    /// `true` for an `allow:` list, `false` for `deny:`.
+    pub verdict: bool,
+    pub pairs: Vec<PairPattern>,
+}
+
+impl Expect {
+    /// The expected verdict for one ordered pair.
+    pub fn expected(&self, from: &ObjectKey, to: &ObjectKey) -> bool {
+        let listed = self.pairs.iter().any(|p| p.matches(from, to));
+        listed == self.verdict
+    }
+}
+
+/// `ns/name->ns/name`; either part of each side may be `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairPattern {
+    pub from: KeyPattern,
+    pub to: KeyPattern,
+}
+
+impl PairPattern {
+    pub fn matches(&self, from: &ObjectKey, to: &ObjectKey) -> bool {
+        self.from.matches(from) && self.to.matches(to)
+    }
+}
+
+impl fmt::Display for PairPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{}", self.from, self.to)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPattern {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl KeyPattern {
+    pub fn matches(&self, key: &ObjectKey) -> bool {
+        (self.namespace == "*" || self.namespace == key.namespace)
+            && (self.name == "*" || self.name == key.name)
+    }
+
+    /// A pattern without `*` names exactly one pod.
+    pub fn exact(&self) -> Option<ObjectKey> {
+        (self.namespace != "*" && self.name != "*")
+            .then(|| ObjectKey::new(self.namespace.as_str(), self.name.as_str()))
+    }
+}
+
+impl fmt::Display for KeyPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+pub fn parse_pair(s: &str) -> Result<PairPattern, String> {
+    let (from, to) = s
+        .split_once("->")
+        .ok_or_else(|| format!("`{s}` is not FROM->TO (namespace/pod->namespace/pod)"))?;
+    let side = |part: &str| -> Result<KeyPattern, String> {
+        match part.trim().split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(KeyPattern {
+                    namespace: ns.into(),
+                    name: name.into(),
+                })
+            }
+            _ => Err(format!("`{s}`: `{}` is not namespace/pod", part.trim())),
+        }
+    };
+    Ok(PairPattern {
+        from: side(from)?,
+        to: side(to)?,
+    })
+}
+
+/// The file's wire shape; checked into [`Scenario`] by [`parse`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    steps: Vec<RawStep>,
+}
+
+// Structs with optional fields rather than enums: YAML libraries read
+// externally tagged enums as `!tag`s, and people write `- probe: {…}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    #[serde(default)]
+    apply: Option<Vec<Value>>,
+    #[serde(default)]
+    delete: Option<Vec<ObjectRef>>,
+    #[serde(default)]
+    probe: Option<RawProbe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(default)]
+    protocol: Option<String>,
+    port: u16,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    expect: Option<RawExpect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    deny: Option<Vec<String>>,
+}
+
+/// Parses and checks a scenario; errors name the step (`steps[2].probe.port`).
+pub fn parse(text: &str) -> Result<Scenario, String> {
+    let de = serde_norway::Deserializer::from_str(text);
+    let raw: RawScenario =
+        serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
+            p if p == "." => e.inner().to_string(),
+            p => format!("{p}: {}", e.inner()),
+        })?;
+    let steps = raw
+        .steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, step)| check_step(step).map_err(|e| format!("steps[{i}]{e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(Scenario { steps })
+}
+
+fn check_step(step: RawStep) -> Result<Step, String> {
+    Ok(match (step.apply, step.delete, step.probe) {
+        (Some(items), None, None) => {
+            for (j, item) in items.iter().enumerate() {
+                to_object(item).map_err(|e| format!(".apply[{j}]: {e}"))?;
+            }
+            Step::Apply(items)
+        }
+        (None, Some(refs), None) => {
+            for (j, r) in refs.iter().enumerate() {
+                if !DELETABLE.contains(&r.kind.as_str()) {
+                    return Err(format!(
+                        ".delete[{j}].kind: `{}` is not one of {}",
+                        r.kind,
+                        DELETABLE.join(", ")
+                    ));
+                }
+            }
+            Step::Delete(refs)
+        }
+        (None, None, Some(p)) => {
+            let protocol = match p.protocol.as_deref() {
+                None => Protocol::Tcp,
+                Some(s) => Protocol::parse(s)
+                    .ok_or_else(|| format!(".probe.protocol: `{s}` is not TCP, UDP or SCTP"))?,
+            };
+            if p.port == 0 {
+                return Err(".probe.port: 0 is not a port number (1-65535)".into());
+            }
+            let to = match p.to.as_deref().unwrap_or("pod") {
+                "pod" => Target::Pod,
+                "service" => Target::Service,
+                other => return Err(format!(".probe.to: `{other}` is not `pod` or `service`")),
+            };
+            let expect = p
+                .expect
+                .map(|e| {
+                    let (verdict, list, field) = match (e.allow, e.deny) {
+                        (Some(l), None) => (true, l, "allow"),
+                        (None, Some(l)) => (false, l, "deny"),
+                        _ => {
+                            return Err(
+                                ".probe.expect: exactly one of `allow` or `deny`".to_string()
+                            )
+                        }
+                    };
+                    let pairs = list
+                        .iter()
+                        .enumerate()
+                        .map(|(k, s)| {
+                            parse_pair(s).map_err(|e| format!(".probe.expect.{field}[{k}]: {e}"))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Ok::<_, String>(Expect { verdict, pairs })
+                })
+                .transpose()?;
+            Step::Probe(ProbeStep {
+                protocol,
+                port: p.port,
+                to,
+                expect,
+            })
+        }
+        _ => return Err(": a step is exactly one of `apply`, `delete` or `probe`".into()),
+    })
+}
+
+/// Kinds a `delete` step may name.
+pub const DELETABLE: [&str; 6] = [
+    "Namespace",
+    "Pod",
+    "NetworkPolicy",
+    "Service",
+    "EndpointSlice",
+    "Node",
+];
+
+/// A manifest as a model object; errors name the field.
+pub fn to_object(value: &Value) -> Result<Object, String> {
+    fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
+        serde_path_to_error::deserialize(value.clone())
+            .map_err(|e| format!("field {}: {}", e.path(), e.inner()))
+    }
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    if value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(format!("{kind}: metadata.name is required"));
+    }
+    Ok(match kind {
+        "Namespace" => Object::Namespace(typed::<Namespace>(value)?),
+        "Pod" => Object::Pod(typed::<Pod>(value)?),
+        "Service" => Object::Service(typed::<Service>(value)?),
+        "EndpointSlice" => Object::EndpointSlice(typed::<EndpointSlice>(value)?),
+        "NetworkPolicy" => Object::NetworkPolicy(typed::<NetworkPolicy>(value)?),
+        "Node" => Object::Node(typed::<Node>(value)?),
+        "" => return Err("kind is missing".into()),
+        other => return Err(format!("kind `{other}` is not one the lab understands")),
+    })
+}
+
+impl Scenario {
+    /// The default scenario: one probe per declared (protocol, port), expecting
+    /// explain's verdict.
+    pub fn from_ports(ports: &[(Protocol, u16)]) -> Scenario {
+        Scenario {
+            steps: ports
+                .iter()
+                .map(|&(protocol, port)| {
+                    Step::Probe(ProbeStep {
+                        protocol,
+                        port,
+                        to: Target::Pod,
+                        expect: None,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Every (protocol, port) some probe uses: every pod listens on them, so a
+    /// verdict is about policy, never about a closed port.
+    pub fn probed_ports(&self) -> Vec<(Protocol, u16)> {
+        let mut ports: Vec<_> = self
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Probe(p) => Some((p.protocol, p.port)),
+                _ => None,
+            })
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
+    /// Refuses what the lab cannot run yet, before anything is built.
+    pub fn check_supported(&self) -> Result<(), String> {
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Step::Probe(p) = step {
+                if p.to == Target::Service {
+                    return Err(format!(
+                        "steps[{i}].probe.to: service: Service NAT is not implemented yet; probe `to: pod`"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCENARIO: &str = r#"
+steps:
+  - probe: {protocol: tcp, port: 80, expect: {allow: ["x/a->y/b", "*/*->y/c"]}}
+  - apply:
+      - {apiVersion: v1, kind: Namespace, metadata: {name: y, labels: {team: b}}}
+  - delete: [{kind: NetworkPolicy, namespace: y, name: deny}]
+  - probe: {port: 53, protocol: UDP, to: pod, expect: {deny: ["x/a->y/b"]}}
+  - probe: {port: 8080}
+"#;
+
+    fn key(s: &str) -> ObjectKey {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_steps_in_order() {
+        let s = parse(SCENARIO).unwrap();
+        assert_eq!(s.steps.len(), 5);
+        assert!(matches!(&s.steps[1], Step::Apply(v) if v.len() == 1));
+        assert!(matches!(&s.steps[2], Step::Delete(v) if v[0].key() == key("y/deny")));
+        let Step::Probe(p) = &s.steps[3] else {
+            panic!()
+        };
+        assert_eq!((p.protocol, p.port, p.to), (Protocol::Udp, 53, Target::Pod));
+        let Step::Probe(p) = &s.steps[4] else {
+            panic!()
+        };
+        assert_eq!((p.protocol, p.expect.is_none()), (Protocol::Tcp, true));
+        assert_eq!(
+            s.probed_ports(),
+            vec![
+                (Protocol::Tcp, 80),
+                (Protocol::Tcp, 8080),
+                (Protocol::Udp, 53)
+            ]
+        );
+    }
+
+    #[test]
+    fn unlisted_pairs_get_the_opposite_verdict() {
+        let s = parse(SCENARIO).unwrap();
+        let (Step::Probe(allow), Step::Probe(deny)) = (&s.steps[0], &s.steps[3]) else {
+            panic!()
+        };
+        let allow = allow.expect.as_ref().unwrap();
+        assert!(allow.expected(&key("x/a"), &key("y/b")));
+        assert!(!allow.expected(&key("y/b"), &key("x/a")));
+        assert!(allow.expected(&key("z/q"), &key("y/c")), "wildcards");
+        let deny = deny.expect.as_ref().unwrap();
+        assert!(!deny.expected(&key("x/a"), &key("y/b")));
+        assert!(deny.expected(&key("y/b"), &key("x/a")));
+    }
+
+    #[test]
+    fn errors_name_the_step_and_field() {
+        let bad_port = parse("steps:\n  - probe: {port: 70000}\n").unwrap_err();
+        assert!(bad_port.contains("steps[0].probe.port"), "{bad_port}");
+        let bad_pair =
+            parse("steps:\n  - probe: {port: 80, expect: {allow: [\"x/a\"]}}\n").unwrap_err();
+        assert!(
+            bad_pair.contains("steps[0].probe.expect.allow[0]"),
+            "{bad_pair}"
+        );
+        let bad_kind = parse("steps:\n  - delete: [{kind: Deployment, name: x}]\n").unwrap_err();
+        assert!(bad_kind.contains("steps[0].delete[0].kind"), "{bad_kind}");
+        let bad_manifest =
+            parse("steps:\n  - apply: [{kind: Pod, metadata: {name: p}, spec: {containers: 3}}]\n")
+                .unwrap_err();
+        assert!(bad_manifest.contains("steps[0].apply[0]"), "{bad_manifest}");
+        assert!(bad_manifest.contains("spec.containers"), "{bad_manifest}");
+        let unknown = parse("steps:\n  - wait: 3\n").unwrap_err();
+        assert!(unknown.contains("steps[0]"), "{unknown}");
+    }
+
+    #[test]
+    fn service_probes_are_refused_until_service_nat_exists() {
+        let s = parse("steps:\n  - probe: {port: 80, to: service}\n").unwrap();
+        let e = s.check_supported().unwrap_err();
+        assert!(e.contains("Service NAT is not implemented yet"), "{e}");
+    }
+
+    #[test]
+    fn default_scenario_probes_each_port_against_explain() {
+        let s = Scenario::from_ports(&[(Protocol::Tcp, 80), (Protocol::Sctp, 9)]);
+        assert_eq!(s.steps.len(), 2);
+        assert!(matches!(&s.steps[1], Step::Probe(p) if p.expect.is_none() && p.port == 9));
+    }
+}
