@@ -119,8 +119,8 @@ fn base_dir() -> PathBuf {
 
 /// Every YAML document of a file, as JSON values.
 fn yaml_docs(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_norway::Deserializer::from_str(&text)
         .map(|doc| {
             <Value as serde::Deserialize>::deserialize(doc)
@@ -210,7 +210,11 @@ impl State {
         std::fs::create_dir_all(dir).unwrap();
         for (i, key) in self.order.iter().enumerate() {
             let path = dir.join(format!("{i:03}.json"));
-            std::fs::write(&path, serde_json::to_vec_pretty(&self.objects[key]).unwrap()).unwrap();
+            std::fs::write(
+                &path,
+                serde_json::to_vec_pretty(&self.objects[key]).unwrap(),
+            )
+            .unwrap();
         }
     }
 }
@@ -472,7 +476,10 @@ fn check_lab(name: &str) {
                 .flatten()
                 .filter_map(|r| {
                     Some((
-                        (r["from"].as_str()?.to_string(), r["to"].as_str()?.to_string()),
+                        (
+                            r["from"].as_str()?.to_string(),
+                            r["to"].as_str()?.to_string(),
+                        ),
                         r[field].as_bool()?,
                     ))
                 })
@@ -482,8 +489,18 @@ fn check_lab(name: &str) {
         let explained = explain(name, ours);
         let mut lines = diff("expected", &ours.expected, "kernel", &observed);
         lines.extend(diff("explain", &explained, "kernel", &observed));
-        lines.extend(diff("explain", &explained, "lab's explain", &column("explain")));
-        lines.extend(diff("expected", &ours.expected, "lab's expected", &column("expected")));
+        lines.extend(diff(
+            "explain",
+            &explained,
+            "lab's explain",
+            &column("explain"),
+        ));
+        lines.extend(diff(
+            "expected",
+            &ours.expected,
+            "lab's expected",
+            &column("expected"),
+        ));
         if !lines.is_empty() {
             writeln!(problems, "  {title}:\n{}", lines.join("\n")).unwrap();
         }
@@ -501,7 +518,7 @@ fn check_lab(name: &str) {
 }
 
 macro_rules! scenarios {
-    ($($test:ident => $file:literal;)*) => {
+    ($($(#[$lab_attr:meta])* $test:ident => $file:literal;)*) => {
         mod explain {
             $(
                 #[test]
@@ -513,6 +530,7 @@ macro_rules! scenarios {
         mod lab {
             $(
                 #[test]
+                $(#[$lab_attr])*
                 fn $test() {
                     super::check_lab($file);
                 }
@@ -544,5 +562,11 @@ scenarios! {
     sctp => "sctp";
     policy_types => "policy-types";
     updates => "updates";
+    // The topology can build dual-stack nodes and pods, but `lab run` does not
+    // wire it up yet: it drops v6 podCIDRs and podIPs (lab/run.rs sets
+    // `pod_cidr_v6`/`ipv6` to None and rewrites status.podIPs to the IPv4
+    // address), so this scenario would pass vacuously over IPv4. The explain
+    // check of the same file still runs.
+    #[ignore = "kube-nft lab run is IPv4-only: it drops v6 podCIDRs/podIPs, so no probe would use IPv6"]
     ipv6 => "ipv6";
 }
