@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::cluster::load::{load_paths, LoadOptions};
 use crate::lab::run::{run as run_lab, RunOptions};
@@ -46,6 +46,11 @@ pub struct LabRunArgs {
     /// Where generated nodes get their /24 pod CIDRs.
     #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/16")]
     pub pod_cidr: Ipv4Net,
+    /// Dual-stack: where nodes without an IPv6 entry in `spec.podCIDRs` get a
+    /// /64 (e.g. fd00:10:244::/48); every pod then gets an IPv6 address too.
+    /// Default: none (IPv4 only, unless Nodes give IPv6 pod CIDRs).
+    #[arg(long, value_name = "CIDR")]
+    pub pod_cidr_v6: Option<Ipv6Net>,
     /// Fail on any bad or unknown document instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -91,6 +96,7 @@ fn run_once(args: LabRunArgs) -> anyhow::Result<()> {
     let options = RunOptions {
         nodes: args.nodes,
         pod_cidr: args.pod_cidr,
+        pod_cidr_v6: args.pod_cidr_v6,
         timeout: Duration::from_millis(args.timeout_ms),
     };
     let report = run_lab(loaded.cluster, scenario, &options)?;

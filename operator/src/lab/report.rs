@@ -5,11 +5,11 @@
 //! JSON (`--output json`) extends the `explain matrix` shape:
 //!
 //! ```json
-//! {"probes":[{"step":0,"protocol":"TCP","port":80,"to":"pod",
+//! {"probes":[{"step":0,"protocol":"TCP","port":80,"to":"pod","family":"IPv4",
 //!             "results":[{"from":"x/a","to":"y/b","allowed":true,"expected":true,"explain":true}]}],
-//!  "mismatches":[{"step":0,"protocol":"TCP","port":80,"from":"x/a","to":"y/b",
+//!  "mismatches":[{"step":0,"protocol":"TCP","port":80,"family":"IPv4","from":"x/a","to":"y/b",
 //!                 "expected":false,"observed":true,"explain":false}],
-//!  "disagreements":[{"step":0,"protocol":"TCP","port":80,"from":"x/a","to":"y/b",
+//!  "disagreements":[{"step":0,"protocol":"TCP","port":80,"family":"IPv4","from":"x/a","to":"y/b",
 //!                    "explain":false,"observed":true}],
 //!  "enforcements":[{"step":null,"nodes":[{"node":"node-1","ops":9,"elements":31,"transactions":1,"elapsed":2.1}]}],
 //!  "ok":true}
@@ -20,13 +20,19 @@
 //! * A **mismatch** is kernel ≠ expected. A **disagreement** is kernel ≠ explain
 //!   (a bug in the compiler/renderer or in explain); it is listed apart, whether
 //!   or not the expectation held. `ok` is true iff both lists are empty.
-//! * A probe the lab cannot run (SCTP) has `"skipped": "<reason>"` and no results.
+//! * `family` is the address family probed (`IPv4`/`IPv6`): both ends' addresses
+//!   of that family, and explain asked about exactly those addresses.
+//! * A probe the lab cannot run (SCTP, or no pod has an address of its family)
+//!   has `"skipped": "<reason>"` and no results. Pods without an address of the
+//!   probe's family are listed in `"noAddress"`; pairs with one of them are not
+//!   probed and not judged (no cell).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::scenario::Family;
 use super::Protocol;
 use crate::agent::AgentReport;
 
@@ -50,9 +56,13 @@ pub struct ProbeReport {
     pub protocol: Protocol,
     pub port: u16,
     pub to: String,
+    pub family: Family,
     pub results: Vec<Cell>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Pods without an address of `family` (`namespace/name`): not probed.
+    #[serde(rename = "noAddress", skip_serializing_if = "Vec::is_empty")]
+    pub no_address: Vec<String>,
 }
 
 /// One ordered pod pair of one probe.
@@ -74,6 +84,7 @@ pub struct Mismatch {
     pub step: usize,
     pub protocol: Protocol,
     pub port: u16,
+    pub family: Family,
     pub from: String,
     pub to: String,
     pub expected: bool,
@@ -86,6 +97,7 @@ pub struct Disagreement {
     pub step: usize,
     pub protocol: Protocol,
     pub port: u16,
+    pub family: Family,
     pub from: String,
     pub to: String,
     pub explain: bool,
@@ -115,6 +127,7 @@ impl LabReport {
                         step: p.step,
                         protocol: p.protocol,
                         port: p.port,
+                        family: p.family,
                         from: c.from.clone(),
                         to: c.to.clone(),
                         expected: c.expected,
@@ -127,6 +140,7 @@ impl LabReport {
                         step: p.step,
                         protocol: p.protocol,
                         port: p.port,
+                        family: p.family,
                         from: c.from.clone(),
                         to: c.to.clone(),
                         explain: c.explain,
@@ -192,10 +206,26 @@ const RESET: &str = "\x1b[0m";
 pub fn render_table(report: &LabReport, colour: bool) -> String {
     let mut s = String::new();
     for p in &report.probes {
-        let _ = writeln!(s, "step {}: {}/{} to {}", p.step, p.protocol, p.port, p.to);
+        let _ = writeln!(
+            s,
+            "step {}: {}/{} to {}{}",
+            p.step,
+            p.protocol,
+            p.port,
+            p.to,
+            over(p.family)
+        );
         if let Some(why) = &p.skipped {
             let _ = writeln!(s, "  skipped: {why}\n");
             continue;
+        }
+        if !p.no_address.is_empty() {
+            let _ = writeln!(
+                s,
+                "  not probed (no {} address): {}",
+                p.family,
+                p.no_address.join(", ")
+            );
         }
         render_grid(&mut s, p, colour);
         s.push('\n');
@@ -209,10 +239,11 @@ pub fn render_table(report: &LabReport, colour: bool) -> String {
     for m in &report.mismatches {
         let _ = writeln!(
             s,
-            "MISMATCH step {} {}/{} {} -> {}: expected {}, kernel {}{}",
+            "MISMATCH step {} {}/{}{} {} -> {}: expected {}, kernel {}{}",
             m.step,
             m.protocol,
             m.port,
+            over(m.family),
             m.from,
             m.to,
             verdict(m.expected),
@@ -223,10 +254,11 @@ pub fn render_table(report: &LabReport, colour: bool) -> String {
     for d in &report.disagreements {
         let _ = writeln!(
             s,
-            "DISAGREEMENT step {} {}/{} {} -> {}: explain says {}, kernel {}{}",
+            "DISAGREEMENT step {} {}/{}{} {} -> {}: explain says {}, kernel {}{}",
             d.step,
             d.protocol,
             d.port,
+            over(d.family),
             d.from,
             d.to,
             verdict(d.explain),
@@ -265,6 +297,14 @@ fn enforcement_line(enforcements: &[Enforcement]) -> Option<String> {
         plural(enforcements.first().map_or(0, |e| e.nodes.len())),
         slowest.as_secs_f64() * 1000.0
     ))
+}
+
+/// ` over IPv6` for IPv6 probes; IPv4, the default, goes unsaid.
+fn over(family: Family) -> &'static str {
+    match family {
+        Family::IPv4 => "",
+        Family::IPv6 => " over IPv6",
+    }
 }
 
 fn verdict(allowed: bool) -> &'static str {
@@ -354,14 +394,20 @@ mod tests {
     }
 
     fn report(cells: Vec<Cell>) -> LabReport {
+        report_over(Family::IPv4, cells)
+    }
+
+    fn report_over(family: Family, cells: Vec<Cell>) -> LabReport {
         LabReport::new(
             vec![ProbeReport {
                 step: 2,
                 protocol: Protocol::Tcp,
                 port: 80,
                 to: "pod".into(),
+                family,
                 results: cells,
                 skipped: None,
+                no_address: Vec::new(),
             }],
             vec![],
             vec![],
@@ -410,6 +456,32 @@ mod tests {
         assert_eq!(json["mismatches"][0]["step"], 2);
         assert_eq!(json["disagreements"][1]["explain"], true);
         assert!(json["probes"][0].get("skipped").is_none());
+        assert!(json["probes"][0].get("noAddress").is_none());
+        assert_eq!(json["probes"][0]["family"], "IPv4");
+        assert_eq!(json["mismatches"][0]["family"], "IPv4");
+    }
+
+    #[test]
+    fn ipv6_probes_say_so() {
+        let mut r = report_over(
+            Family::IPv6,
+            vec![
+                cell("x/a", "x/b", true, false, true),
+                cell("x/b", "x/a", false, false, false),
+            ],
+        );
+        r.probes[0].no_address = vec!["x/c".into()];
+        let text = render_table(&r, false);
+        assert!(text.contains("step 2: TCP/80 to pod over IPv6\n"), "{text}");
+        assert!(text.contains("not probed (no IPv6 address): x/c"), "{text}");
+        assert!(
+            text.contains("MISMATCH step 2 TCP/80 over IPv6 x/a -> x/b"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["probes"][0]["family"], "IPv6");
+        assert_eq!(json["probes"][0]["noAddress"][0], "x/c");
+        assert_eq!(json["mismatches"][0]["family"], "IPv6");
     }
 
     #[test]

@@ -9,20 +9,27 @@
 //! cluster is recompiled and every node gets its share; the step ends when
 //! every agent reports the kernel committed it, so probes never race a sync.
 //!
+//! Dual-stack: a node's IPv6 pod CIDR comes from its `spec.podCIDRs` (or
+//! `--pod-cidr-v6`, a /64 per node); every pod on such a node gets an IPv6
+//! address too (`status.podIPs` kept when given). Each probe runs over one
+//! family (see [`Family`]) and asks explain about exactly the addresses probed.
+//! Without a scenario, every declared port is probed over IPv6 too when any pod
+//! has an IPv6 address.
+//!
 //! The main thread does the blocking work (namespaces, agents); a small tokio
 //! runtime serves listeners and runs probes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec as K8sNodeSpec, Pod, PodIP};
 use tokio::runtime::Runtime;
 
 use super::report::{Cell, Enforcement, LabReport, ProbeReport};
-use super::scenario::{ObjectRef, ProbeStep, Scenario, Step};
+use super::scenario::{Family, ObjectRef, ProbeStep, Scenario, Step};
 use super::topology::{self, LabPod, NodeSpec, PodPort, PodSpec, Topology};
 use super::{addressing, sctp, LabGuard, Listeners, ProbeSpec, Protocol};
 use crate::agent::{AgentHandle, AgentInput, AgentReport};
@@ -36,6 +43,9 @@ pub struct RunOptions {
     pub nodes: usize,
     /// Where generated nodes (and Nodes without `spec.podCIDR`) get their /24s.
     pub pod_cidr: Ipv4Net,
+    /// Where nodes without an IPv6 pod CIDR in `spec.podCIDRs` get a /64;
+    /// `None`: such nodes (and their pods) stay IPv4-only.
+    pub pod_cidr_v6: Option<Ipv6Net>,
     /// Per connection attempt.
     pub timeout: Duration,
 }
@@ -45,6 +55,7 @@ impl Default for RunOptions {
         RunOptions {
             nodes: 2,
             pod_cidr: "10.244.0.0/16".parse().expect("valid CIDR"),
+            pod_cidr_v6: None,
             timeout: Duration::from_millis(1000),
         }
     }
@@ -54,13 +65,16 @@ impl Default for RunOptions {
 // planning (pure)
 
 /// The lab's nodes: every Node manifest (its `spec.podCIDR`, or the next free
-/// /24 of `pod_cidr`), else `count` generated nodes `node-1`… with /24s.
+/// /24 of `pod_cidr`), else `count` generated nodes `node-1`… with /24s. IPv6:
+/// the IPv6 entry of `spec.podCIDRs`, else the next free /64 of `pod_cidr_v6`
+/// when given, else none.
 pub fn plan_nodes(
     cluster: &Cluster,
     count: usize,
     pod_cidr: Ipv4Net,
+    pod_cidr_v6: Option<Ipv6Net>,
 ) -> anyhow::Result<Vec<NodeSpec>> {
-    let mut given: Vec<(String, Option<Ipv4Net>)> = Vec::new();
+    let mut given: Vec<(String, Option<Ipv4Net>, Option<Ipv6Net>)> = Vec::new();
     for (name, node) in cluster.nodes() {
         let spec = node.spec.as_ref();
         let cidrs = spec
@@ -68,23 +82,38 @@ pub fn plan_nodes(
             .unwrap_or_default()
             .into_iter()
             .chain(spec.and_then(|s| s.pod_cidr.clone()));
-        let mut v4 = None;
+        let (mut v4, mut v6) = (None, None);
         for c in cidrs {
             match c.parse::<IpNet>() {
                 Ok(IpNet::V4(net)) => v4 = v4.or(Some(net.trunc())),
-                Ok(IpNet::V6(_)) => {}
+                Ok(IpNet::V6(net)) => v6 = v6.or(Some(net.trunc())),
                 Err(e) => bail!("Node {name}: spec.podCIDR `{c}`: {e}"),
             }
         }
-        given.push((name.clone(), v4));
+        given.push((name.clone(), v4, v6));
     }
     if given.is_empty() {
         if count == 0 {
             bail!("--nodes must be at least 1");
         }
-        given = (1..=count).map(|i| (format!("node-{i}"), None)).collect();
+        given = (1..=count)
+            .map(|i| (format!("node-{i}"), None, None))
+            .collect();
     }
-    let taken: Vec<Ipv4Net> = given.iter().filter_map(|(_, c)| *c).collect();
+    let taken: Vec<Ipv4Net> = given.iter().filter_map(|(_, c, _)| *c).collect();
+    let taken_v6: Vec<Ipv6Net> = given.iter().filter_map(|(_, _, c)| *c).collect();
+    let mut free_v6 = match pod_cidr_v6 {
+        None => None,
+        Some(net) => Some(
+            net.subnets(net.prefix_len().max(64))
+                .map_err(|e| anyhow!("--pod-cidr-v6 {net}: {e}"))?
+                .filter(|s| {
+                    !taken_v6
+                        .iter()
+                        .any(|t| t.contains(&s.network()) || s.contains(&t.network()))
+                }),
+        ),
+    };
     let mut free = pod_cidr
         .subnets(pod_cidr.prefix_len().max(24))
         .map_err(|e| anyhow!("--pod-cidr {pod_cidr}: {e}"))?
@@ -95,17 +124,27 @@ pub fn plan_nodes(
         });
     given
         .into_iter()
-        .map(|(name, cidr)| {
+        .map(|(name, cidr, cidr_v6)| {
             let pod_cidr = match cidr {
                 Some(c) => c,
                 None => free.next().ok_or_else(|| {
                     anyhow!("--pod-cidr {pod_cidr} has no free /24 left for node {name}")
                 })?,
             };
+            let pod_cidr_v6 = match (cidr_v6, free_v6.as_mut()) {
+                (Some(c), _) => Some(c),
+                (None, Some(free)) => Some(free.next().ok_or_else(|| {
+                    anyhow!(
+                        "--pod-cidr-v6 {} has no free /64 left for node {name}",
+                        pod_cidr_v6.map(|c| c.to_string()).unwrap_or_default()
+                    )
+                })?),
+                (None, None) => None,
+            };
             Ok(NodeSpec {
                 name,
                 pod_cidr,
-                pod_cidr_v6: None,
+                pod_cidr_v6,
             })
         })
         .collect()
@@ -147,15 +186,25 @@ fn listen_ports(pod: &Pod, probed: &[(Protocol, u16)]) -> Vec<PodPort> {
     ports.into_iter().collect()
 }
 
-/// A pod's given IPv4 (`status.podIP`), if any.
-fn given_ip(key: &ObjectKey, pod: &Pod) -> anyhow::Result<Option<Ipv4Addr>> {
-    match cluster::pod_ips(pod).first() {
-        None => Ok(None),
-        Some(IpAddr::V4(ip)) => Ok(Some(*ip)),
-        Some(IpAddr::V6(ip)) => {
-            bail!("Pod {key}: status.podIP {ip}: the lab is IPv4-only; drop the field to allocate one")
+/// A pod's given addresses (`status.podIPs`, else `status.podIP`), at most
+/// one per family.
+fn given_ips(key: &ObjectKey, pod: &Pod) -> anyhow::Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let (mut v4, mut v6) = (None, None);
+    for ip in cluster::pod_ips(pod) {
+        match ip {
+            IpAddr::V4(ip) => {
+                if let Some(first) = v4.replace(ip) {
+                    bail!("Pod {key}: status.podIPs has two IPv4 addresses ({first}, {ip})");
+                }
+            }
+            IpAddr::V6(ip) => {
+                if let Some(first) = v6.replace(ip) {
+                    bail!("Pod {key}: status.podIPs has two IPv6 addresses ({first}, {ip})");
+                }
+            }
         }
     }
+    Ok((v4, v6))
 }
 
 /// Pod placement: `spec.nodeName`, else round-robin over the nodes starting at
@@ -190,37 +239,47 @@ pub fn plan_lab(
     options: &RunOptions,
     probed: &[(Protocol, u16)],
 ) -> anyhow::Result<(topology::LabSpec, usize)> {
-    let nodes = plan_nodes(cluster, options.nodes, options.pod_cidr)?;
+    let nodes = plan_nodes(
+        cluster,
+        options.nodes,
+        options.pod_cidr,
+        options.pod_cidr_v6,
+    )?;
     let mut next = 0;
     let mut pods = Vec::new();
     for (key, pod) in cluster.pods().iter().filter(|(_, p)| is_lab_pod(p)) {
+        let (ip, ipv6) = given_ips(key, pod)?;
         pods.push(PodSpec {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             node: place(key, pod, &nodes, &mut next)?,
-            ip: given_ip(key, pod)?,
-            ipv6: None,
+            ip,
+            ipv6,
             ports: listen_ports(pod, probed),
         });
     }
     Ok((topology::LabSpec { nodes, pods }, next))
 }
 
-/// `pod` as the lab built it: its IP and node written into the model.
+/// `pod` as the lab built it: its IPs (IPv4 first) and node written into the model.
 fn with_lab_addresses(mut pod: Pod, lab: &LabPod) -> Pod {
     pod.spec.get_or_insert_with(Default::default).node_name = Some(lab.node.clone());
     let status = pod.status.get_or_insert_with(Default::default);
     status.pod_ip = Some(lab.ip.to_string());
-    status.pod_ips = Some(vec![PodIP {
-        ip: lab.ip.to_string(),
-    }]);
+    status.pod_ips = Some(
+        lab.ips()
+            .into_iter()
+            .map(|ip| PodIP { ip: ip.to_string() })
+            .collect(),
+    );
     if status.phase.is_none() {
         status.phase = Some("Running".into());
     }
     pod
 }
 
-/// `node` with the lab's InternalIP and pod CIDR (other addresses are not real here).
+/// `node` with the lab's InternalIP(s) and pod CIDR(s) (other addresses are not
+/// real here). A dual-stack node reports its IPv6 InternalIP too.
 fn with_lab_node(node: Option<Node>, lab: &topology::LabNode) -> Node {
     let mut node = node.unwrap_or_else(|| {
         let mut n = Node::default();
@@ -229,7 +288,11 @@ fn with_lab_node(node: Option<Node>, lab: &topology::LabNode) -> Node {
     });
     let spec = node.spec.get_or_insert_with(K8sNodeSpec::default);
     spec.pod_cidr = Some(lab.pod_cidr.to_string());
-    spec.pod_cidrs = Some(vec![lab.pod_cidr.to_string()]);
+    spec.pod_cidrs = Some(
+        std::iter::once(lab.pod_cidr.to_string())
+            .chain(lab.pod_cidr_v6.map(|c| c.to_string()))
+            .collect(),
+    );
     let status = node.status.get_or_insert_with(Default::default);
     let mut addresses: Vec<NodeAddress> = status
         .addresses
@@ -238,23 +301,30 @@ fn with_lab_node(node: Option<Node>, lab: &topology::LabNode) -> Node {
         .into_iter()
         .filter(|a| a.type_ != "InternalIP")
         .collect();
-    addresses.insert(
-        0,
-        NodeAddress {
+    let internal = std::iter::once(IpAddr::V4(lab.internal_ip)).chain(
+        lab.pod_cidr_v6
+            .is_some()
+            .then_some(IpAddr::V6(lab.internal_ipv6)),
+    );
+    addresses.splice(
+        0..0,
+        internal.map(|ip| NodeAddress {
             type_: "InternalIP".into(),
-            address: lab.internal_ip.to_string(),
-        },
+            address: ip.to_string(),
+        }),
     );
     status.addresses = Some(addresses);
     node
 }
 
 /// Explain's verdict, the reference; a flow explain cannot judge counts as allowed
-/// (no policy isolates what explain does not know).
-fn explain_verdict(cluster: &Cluster, from: &ObjectKey, to: &ObjectKey, p: &ProbeStep) -> bool {
+/// (no policy isolates what explain does not know). Asked by address (explain
+/// resolves them to the pods), so the verdict is for the family probed: asked by
+/// pod name, explain would pick the first family both pods have.
+fn explain_verdict(cluster: &Cluster, from: IpAddr, to: IpAddr, p: &ProbeStep) -> bool {
     let flow = Flow {
-        from: Endpoint::Pod(from.clone()),
-        to: Endpoint::Pod(to.clone()),
+        from: Endpoint::Ip(from),
+        to: Endpoint::Ip(to),
         protocol: p.protocol,
         port: p.port,
     };
@@ -289,21 +359,28 @@ pub fn run(
     scenario: Option<Scenario>,
     options: &RunOptions,
 ) -> anyhow::Result<LabReport> {
-    let scenario = match scenario {
-        Some(s) => s,
+    let (scenario, default_ports) = match scenario {
+        Some(s) => (s, None),
         None => {
             let ports = declared_ports(&cluster);
             if ports.is_empty() {
                 bail!("no pod declares a container port; give a --scenario with probe steps");
             }
-            Scenario::from_ports(&ports)
+            (Scenario::from_ports(&ports, &[Family::IPv4]), Some(ports))
         }
     };
     scenario.check_supported().map_err(|e| anyhow!(e))?;
     let probed = scenario.probed_ports();
     let (spec, next_node) = plan_lab(&cluster, options, &probed)?;
     // Check addresses before creating anything: clear errors, nothing to undo.
-    addressing::plan(&spec)?;
+    let addresses = addressing::plan(&spec)?;
+    // The default scenario probes IPv6 too once some pod has an IPv6 address.
+    let scenario = match default_ports {
+        Some(ports) if addresses.pods.iter().any(|p| p.ipv6.is_some()) => {
+            Scenario::from_ports(&ports, &[Family::IPv4, Family::IPv6])
+        }
+        _ => scenario,
+    };
 
     let removed = super::cleanup_stale().context("removing leftovers of crashed lab runs")?;
     if !removed.is_empty() {
@@ -482,12 +559,13 @@ impl Lab {
             self.cluster.insert_pod(pod).map_err(|e| anyhow!("{e}"))?;
             return Ok(());
         }
-        let given = given_ip(&key, &pod)?;
+        let (given, given_v6) = given_ips(&key, &pod)?;
         let ports = listen_ports(&pod, &self.probed);
         let existing = self.topology.pod(&key.namespace, &key.name).cloned();
         if let Some(lab) = existing {
             let node_kept = cluster::pod_node(&pod).is_none_or(|n| n == lab.node);
-            let ip_kept = given.is_none_or(|ip| ip == lab.ip);
+            let ip_kept = given.is_none_or(|ip| ip == lab.ip)
+                && given_v6.is_none_or(|ip| Some(ip) == lab.ipv6);
             if node_kept && ip_kept && ports == lab.ports {
                 self.cluster
                     .insert_pod(with_lab_addresses(pod, &lab))
@@ -503,20 +581,20 @@ impl Lab {
             .map(|n| NodeSpec {
                 name: n.name.clone(),
                 pod_cidr: n.pod_cidr,
-                pod_cidr_v6: None,
+                pod_cidr_v6: n.pod_cidr_v6,
             })
             .collect();
         let node = place(&key, &pod, &node_specs, &mut self.next_node)?;
-        let cidr = self
+        let (cidr, cidr_v6) = self
             .topology
             .node(&node)
-            .map(|n| n.pod_cidr)
+            .map(|n| (n.pod_cidr, n.pod_cidr_v6))
             .ok_or_else(|| anyhow!("node {node} vanished"))?;
         let taken: BTreeMap<IpAddr, String> = self
             .topology
             .pods
             .iter()
-            .map(|p| (IpAddr::V4(p.ip), p.label()))
+            .flat_map(|p| p.ips().into_iter().map(move |ip| (ip, p.label())))
             .collect();
         let ip = match given {
             Some(ip) => {
@@ -535,12 +613,34 @@ impl Lab {
                 _ => bail!("Pod {key}: podCIDR {cidr} of node {node} is full"),
             },
         };
+        let ipv6 = match (given_v6, cidr_v6) {
+            (Some(ip), None) => bail!(
+                "Pod {key}: status.podIPs {ip}: node {node} has no IPv6 pod CIDR \
+                 (spec.podCIDRs or --pod-cidr-v6)"
+            ),
+            (Some(ip), Some(cidr)) => {
+                if !cidr.contains(&ip) {
+                    bail!(
+                        "Pod {key}: status.podIPs {ip} is outside IPv6 podCIDR {cidr} of its node {node}"
+                    );
+                }
+                if let Some(owner) = taken.get(&IpAddr::V6(ip)) {
+                    bail!("Pod {key}: status.podIPs {ip} is already {owner}'s");
+                }
+                Some(ip)
+            }
+            (None, Some(cidr)) => match addressing::allocate(&IpNet::V6(cidr), &taken) {
+                Some(IpAddr::V6(ip)) => Some(ip),
+                _ => bail!("Pod {key}: IPv6 podCIDR {cidr} of node {node} is full"),
+            },
+            (None, None) => None,
+        };
         let spec = PodSpec {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             node,
             ip: Some(ip),
-            ipv6: None,
+            ipv6,
             ports,
         };
         let index = self.next_index;
@@ -607,7 +707,9 @@ impl Lab {
         Ok(())
     }
 
-    /// Runs the probes of consecutive probe steps at once and judges them.
+    /// Runs the probes of consecutive probe steps at once and judges them. Each
+    /// probe uses both ends' addresses of its family; a pair where either end
+    /// has none is neither probed nor judged.
     fn probe(&mut self, steps: &[(usize, &ProbeStep)]) -> anyhow::Result<Vec<ProbeReport>> {
         let mut pods: Vec<&LabPod> = self.topology.pods.iter().collect();
         pods.sort_by_key(|p| (p.namespace.clone(), p.name.clone()));
@@ -617,32 +719,59 @@ impl Lab {
             .collect();
         let mut specs = Vec::new();
         let mut reports = Vec::new();
-        // (report index, from, to, spec index)
+        // (report index, probe, from, to, source IP, destination IP, spec index)
         let mut pending = Vec::new();
         for &(step, p) in steps {
             check_expectation_names(step, p, &keys)?;
-            let skipped =
-                (p.protocol == Protocol::Sctp).then(|| sctp::unsupported_reason().to_string());
+            let addresses: Vec<Option<IpAddr>> = pods
+                .iter()
+                .map(|pod| pod.ips().into_iter().find(|ip| p.family.has(ip)))
+                .collect();
+            let skipped = if p.protocol == Protocol::Sctp {
+                Some(sctp::unsupported_reason().to_string())
+            } else if addresses.iter().all(Option::is_none) {
+                Some(format!(
+                    "no pod has an {} address (give nodes an IPv6 pod CIDR: \
+                     spec.podCIDRs or --pod-cidr-v6)",
+                    p.family
+                ))
+            } else {
+                None
+            };
+            let no_address = if skipped.is_some() {
+                Vec::new()
+            } else {
+                keys.iter()
+                    .zip(&addresses)
+                    .filter(|(_, a)| a.is_none())
+                    .map(|(k, _)| k.to_string())
+                    .collect()
+            };
             reports.push(ProbeReport {
                 step,
                 protocol: p.protocol,
                 port: p.port,
                 to: "pod".into(),
+                family: p.family,
                 results: Vec::new(),
                 skipped: skipped.clone(),
+                no_address,
             });
             if skipped.is_some() {
                 continue;
             }
             for (fi, from) in pods.iter().enumerate() {
-                for (ti, to) in pods.iter().enumerate() {
+                for ti in 0..pods.len() {
+                    let (Some(src), Some(dst)) = (addresses[fi], addresses[ti]) else {
+                        continue;
+                    };
                     if fi == ti {
                         continue;
                     }
-                    pending.push((reports.len() - 1, p, fi, ti, specs.len()));
+                    pending.push((reports.len() - 1, p, fi, ti, src, dst, specs.len()));
                     specs.push(ProbeSpec {
                         from: from.netns.clone(),
-                        to: SocketAddr::new(IpAddr::V4(to.ip), p.port),
+                        to: SocketAddr::new(dst, p.port),
                         protocol: p.protocol,
                         timeout: self.timeout,
                     });
@@ -650,7 +779,7 @@ impl Lab {
             }
         }
         let results = self.rt.block_on(super::probe_many(&specs));
-        for (r, p, fi, ti, si) in pending {
+        for (r, p, fi, ti, src, dst, si) in pending {
             let (from, to) = (&keys[fi], &keys[ti]);
             let result = &results[si];
             let label = pods[ti].label();
@@ -662,7 +791,7 @@ impl Lab {
                 (None, None) if !allowed => Some("no answer".into()),
                 _ => None,
             };
-            let explain = explain_verdict(&self.cluster, from, to, p);
+            let explain = explain_verdict(&self.cluster, src, dst, p);
             let expected = p.expect.as_ref().map_or(explain, |e| e.expected(from, to));
             reports[r].results.push(Cell {
                 from: from.to_string(),
@@ -772,7 +901,7 @@ status: {podIP: 10.244.0.7}
         let c = cluster(&format!(
             "{PODS}---\napiVersion: v1\nkind: Node\nmetadata: {{name: w1}}\nspec: {{podCIDR: 10.9.1.0/24}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: w2}}\n"
         ));
-        let nodes = plan_nodes(&c, 5, "10.244.0.0/16".parse().unwrap()).unwrap();
+        let nodes = plan_nodes(&c, 5, "10.244.0.0/16".parse().unwrap(), None).unwrap();
         assert_eq!(nodes.len(), 2);
         assert_eq!(nodes[0].pod_cidr.to_string(), "10.9.1.0/24");
         assert_eq!(nodes[1].pod_cidr.to_string(), "10.244.0.0/24");
@@ -793,6 +922,130 @@ status: {podIP: 10.244.0.7}
         assert!(
             e.contains("pod x/c: ip 10.244.1.7 is outside podCIDR 10.244.0.0/24"),
             "{e}"
+        );
+    }
+
+    const DUAL_STACK: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: w1}
+spec: {podCIDRs: ["10.9.1.0/24", "fd00:10:9:1::/64"]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: w2}
+spec: {podCIDR: 10.9.2.0/24}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {nodeName: w1, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.9.1.5}, {ip: "fd00:10:9:1::5"}]}
+"#;
+
+    #[test]
+    fn dual_stack_nodes_and_given_ipv6_addresses() {
+        let c = cluster(DUAL_STACK);
+        let nodes = plan_nodes(&c, 2, "10.244.0.0/16".parse().unwrap(), None).unwrap();
+        let v6: Vec<Option<String>> = nodes
+            .iter()
+            .map(|n| n.pod_cidr_v6.map(|c| c.to_string()))
+            .collect();
+        assert_eq!(v6, [Some("fd00:10:9:1::/64".into()), None]);
+        // --pod-cidr-v6 fills in the nodes without one, skipping taken /64s.
+        let nodes = plan_nodes(
+            &c,
+            2,
+            "10.244.0.0/16".parse().unwrap(),
+            Some("fd00:10:9::/48".parse().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(nodes[1].pod_cidr_v6.unwrap().to_string(), "fd00:10:9::/64");
+        let (spec, _) = plan_lab(&c, &RunOptions::default(), &[]).unwrap();
+        assert_eq!(spec.pods[0].ip, Some("10.9.1.5".parse().unwrap()));
+        assert_eq!(spec.pods[0].ipv6, Some("fd00:10:9:1::5".parse().unwrap()));
+    }
+
+    #[test]
+    fn generated_nodes_get_a_slash_64_each_from_pod_cidr_v6() {
+        let c = cluster(PODS);
+        let options = RunOptions {
+            pod_cidr_v6: Some("fd00:10:244::/48".parse().unwrap()),
+            ..RunOptions::default()
+        };
+        let (spec, _) = plan_lab(&c, &options, &[]).unwrap();
+        let v6: Vec<String> = spec
+            .nodes
+            .iter()
+            .map(|n| n.pod_cidr_v6.unwrap().to_string())
+            .collect();
+        assert_eq!(v6, ["fd00:10:244::/64", "fd00:10:244:1::/64"]);
+        let plan = addressing::plan(&spec).unwrap();
+        assert!(plan.pods.iter().all(|p| p.ipv6.is_some()));
+    }
+
+    #[test]
+    fn given_ipv6_outside_the_node_cidr_names_the_pod() {
+        let c = cluster(&DUAL_STACK.replace("fd00:10:9:1::5", "fd00:10:9:7::5"));
+        let (spec, _) = plan_lab(&c, &RunOptions::default(), &[]).unwrap();
+        let e = addressing::plan(&spec).unwrap_err().to_string();
+        assert!(
+            e.contains("pod x/a: ipv6 fd00:10:9:7::5 is outside podCIDR fd00:10:9:1::/64"),
+            "{e}"
+        );
+        let two = cluster(&DUAL_STACK.replace("{ip: 10.9.1.5}", "{ip: \"fd00:10:9:1::6\"}"));
+        let e = plan_lab(&two, &RunOptions::default(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Pod x/a: status.podIPs has two IPv6 addresses"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dual_stack_addresses_are_written_into_the_model() {
+        let c = cluster(DUAL_STACK);
+        let lab = LabPod {
+            namespace: "x".into(),
+            name: "a".into(),
+            node: "w1".into(),
+            netns: super::super::Netns::new("kn-000000-p0-x.a"),
+            ip: "10.9.1.5".parse().unwrap(),
+            ipv6: Some("fd00:10:9:1::5".parse().unwrap()),
+            ports: vec![],
+            node_iface: "pod0".into(),
+        };
+        let pod = with_lab_addresses(c.pod(&"x/a".parse().unwrap()).unwrap().clone(), &lab);
+        assert_eq!(
+            cluster::pod_ips(&pod),
+            vec![
+                "10.9.1.5".parse::<IpAddr>().unwrap(),
+                "fd00:10:9:1::5".parse().unwrap()
+            ]
+        );
+        let node = topology::LabNode {
+            name: "w1".into(),
+            netns: super::super::Netns::new("kn-000000-n0-w1"),
+            internal_ip: "172.31.0.10".parse().unwrap(),
+            internal_ipv6: "fd00:31::a".parse().unwrap(),
+            pod_cidr: "10.9.1.0/24".parse().unwrap(),
+            pod_cidr_v6: Some("fd00:10:9:1::/64".parse().unwrap()),
+        };
+        let mut model = Cluster::default();
+        model
+            .insert(Object::Node(with_lab_node(None, &node)))
+            .unwrap();
+        let addrs: Vec<String> = model
+            .node_addresses("w1")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addrs, ["172.31.0.10", "fd00:31::a"]);
+        let written = &model.nodes()["w1"];
+        assert_eq!(
+            written.spec.as_ref().unwrap().pod_cidrs.as_deref(),
+            Some(&["10.9.1.0/24".to_string(), "fd00:10:9:1::/64".to_string()][..])
         );
     }
 

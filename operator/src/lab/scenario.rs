@@ -7,6 +7,7 @@
 //!   - apply: [ {apiVersion: v1, kind: Pod, metadata: {…}, spec: {…}} ]   # create or replace
 //!   - delete: [ {kind: NetworkPolicy, namespace: shop, name: allow-web} ]
 //!   - probe: {protocol: UDP, port: 53, expect: {deny: ["*/*->kube-system/dns"]}}
+//!   - probe: {port: 80, family: IPv6}        # to and from the pods' IPv6 addresses
 //! ```
 //!
 //! * `expect` lists pairs `from->to` (`namespace/name`; `*` matches any namespace
@@ -14,15 +15,21 @@
 //!   lab expects what explain says.
 //! * `protocol` defaults to TCP, `to` to `pod`. `to: service` is refused until
 //!   Service NAT exists.
+//! * `family` (`IPv4` or `IPv6`, default `IPv4`; a kube-nft extension) picks the
+//!   address family: both ends' addresses of that family are used, and explain
+//!   judges the flow between those addresses. A pair where either pod has no
+//!   address of the family is not probed (nor judged). Pods get IPv6 addresses
+//!   from their node's IPv6 pod CIDR (`spec.podCIDRs`, or `--pod-cidr-v6`).
 //! * `apply` items are inline manifests (any kind the cluster model holds).
 
 use std::fmt;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Protocol;
@@ -77,11 +84,48 @@ pub enum Target {
     Service,
 }
 
+/// The address family a probe uses (Kubernetes spells them `IPv4`/`IPv6`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Family {
+    #[default]
+    IPv4,
+    IPv6,
+}
+
+impl Family {
+    /// `IPv4`/`IPv6`, case-insensitively (`ipv6` too).
+    pub fn parse(s: &str) -> Option<Family> {
+        match s.to_ascii_lowercase().as_str() {
+            "ipv4" => Some(Family::IPv4),
+            "ipv6" => Some(Family::IPv6),
+            _ => None,
+        }
+    }
+
+    /// Whether `ip` is of this family.
+    pub fn has(self, ip: &IpAddr) -> bool {
+        match self {
+            Family::IPv4 => ip.is_ipv4(),
+            Family::IPv6 => ip.is_ipv6(),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::IPv4 => "IPv4",
+            Family::IPv6 => "IPv6",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeStep {
     pub protocol: Protocol,
     pub port: u16,
     pub to: Target,
+    pub family: Family,
     /// `None`: expect explain's verdict.
     pub expect: Option<Expect>,
 }
@@ -196,6 +240,8 @@ struct RawProbe {
     #[serde(default)]
     to: Option<String>,
     #[serde(default)]
+    family: Option<String>,
+    #[serde(default)]
     expect: Option<RawExpect>,
 }
 
@@ -259,6 +305,11 @@ fn check_step(step: RawStep) -> Result<Step, String> {
                 "service" => Target::Service,
                 other => return Err(format!(".probe.to: `{other}` is not `pod` or `service`")),
             };
+            let family = match p.family.as_deref() {
+                None => Family::IPv4,
+                Some(s) => Family::parse(s)
+                    .ok_or_else(|| format!(".probe.family: `{s}` is not IPv4 or IPv6"))?,
+            };
             let expect = p
                 .expect
                 .map(|e| {
@@ -285,6 +336,7 @@ fn check_step(step: RawStep) -> Result<Step, String> {
                 protocol,
                 port: p.port,
                 to,
+                family,
                 expect,
             })
         }
@@ -329,18 +381,22 @@ pub fn to_object(value: &Value) -> Result<Object, String> {
 }
 
 impl Scenario {
-    /// The default scenario: one probe per declared (protocol, port), expecting
+    /// The default scenario: one probe per declared (protocol, port) and
+    /// family (in that order: a port's IPv4 probe, then its IPv6 one), expecting
     /// explain's verdict.
-    pub fn from_ports(ports: &[(Protocol, u16)]) -> Scenario {
+    pub fn from_ports(ports: &[(Protocol, u16)], families: &[Family]) -> Scenario {
         Scenario {
             steps: ports
                 .iter()
-                .map(|&(protocol, port)| {
-                    Step::Probe(ProbeStep {
-                        protocol,
-                        port,
-                        to: Target::Pod,
-                        expect: None,
+                .flat_map(|&(protocol, port)| {
+                    families.iter().map(move |&family| {
+                        Step::Probe(ProbeStep {
+                            protocol,
+                            port,
+                            to: Target::Pod,
+                            family,
+                            expect: None,
+                        })
                     })
                 })
                 .collect(),
@@ -389,7 +445,7 @@ steps:
       - {apiVersion: v1, kind: Namespace, metadata: {name: y, labels: {team: b}}}
   - delete: [{kind: NetworkPolicy, namespace: y, name: deny}]
   - probe: {port: 53, protocol: UDP, to: pod, expect: {deny: ["x/a->y/b"]}}
-  - probe: {port: 8080}
+  - probe: {port: 8080, family: IPv6}
 "#;
 
     fn key(s: &str) -> ObjectKey {
@@ -410,6 +466,11 @@ steps:
             panic!()
         };
         assert_eq!((p.protocol, p.expect.is_none()), (Protocol::Tcp, true));
+        assert_eq!(p.family, Family::IPv6);
+        let Step::Probe(p) = &s.steps[3] else {
+            panic!()
+        };
+        assert_eq!(p.family, Family::IPv4, "the default");
         assert_eq!(
             s.probed_ports(),
             vec![
@@ -452,6 +513,11 @@ steps:
                 .unwrap_err();
         assert!(bad_manifest.contains("steps[0].apply[0]"), "{bad_manifest}");
         assert!(bad_manifest.contains("spec.containers"), "{bad_manifest}");
+        let bad_family = parse("steps:\n  - probe: {port: 80, family: IPv5}\n").unwrap_err();
+        assert!(
+            bad_family.contains("steps[0].probe.family: `IPv5` is not IPv4 or IPv6"),
+            "{bad_family}"
+        );
         let unknown = parse("steps:\n  - wait: 3\n").unwrap_err();
         assert!(unknown.contains("steps[0]"), "{unknown}");
     }
@@ -465,8 +531,29 @@ steps:
 
     #[test]
     fn default_scenario_probes_each_port_against_explain() {
-        let s = Scenario::from_ports(&[(Protocol::Tcp, 80), (Protocol::Sctp, 9)]);
+        let s = Scenario::from_ports(&[(Protocol::Tcp, 80), (Protocol::Sctp, 9)], &[Family::IPv4]);
         assert_eq!(s.steps.len(), 2);
         assert!(matches!(&s.steps[1], Step::Probe(p) if p.expect.is_none() && p.port == 9));
+        let dual = Scenario::from_ports(
+            &[(Protocol::Tcp, 80), (Protocol::Udp, 53)],
+            &[Family::IPv4, Family::IPv6],
+        );
+        let probes: Vec<(u16, Family)> = dual
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Probe(p) => (p.port, p.family),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(
+            probes,
+            [
+                (80, Family::IPv4),
+                (80, Family::IPv6),
+                (53, Family::IPv4),
+                (53, Family::IPv6)
+            ]
+        );
     }
 }

@@ -550,8 +550,9 @@ fn pod_batch(pod: &LabPod) -> IpBatch {
 }
 
 /// Adds a pod to a built lab (a pod created mid-run): its namespace, its veth to
-/// the node, routes and sysctls as [`build`] would have made them. `ip` must be
-/// free and inside the node's pod CIDR (the caller allocates); `index` must be
+/// the node, routes and sysctls as [`build`] would have made them. `ip` (and
+/// `pod.ipv6`, if any) must be free and inside the node's pod CIDRs (the caller
+/// allocates); `index` must be
 /// unique for the run (it names the namespace and the node-side veth).
 pub fn add_pod(
     topology: &mut Topology,
@@ -576,7 +577,7 @@ pub fn add_pod(
             &pod.name,
         )),
         ip,
-        ipv6: None,
+        ipv6: pod.ipv6,
         ports: pod.ports.clone(),
         node_iface: naming::node_pod_iface(index),
     };
