@@ -25,16 +25,18 @@ PODS = ["a", "b", "c"]
 
 # node-1: 10.244.1.0/24 + fd00:10:244:1::/64; node-2: 10.244.2.0/24 + fd00:10:244:2::/64.
 # Same-node pairs (e.g. x/a-x/c) and cross-node pairs (e.g. x/a-x/b) both exist.
+# Every pod is dual-stack; its IPv6 address mirrors its IPv4 one (10.244.1.12 →
+# fd00:10:244:1::12), so ipBlocks are deterministic in both families.
 PLACEMENT = {
-    "x/a": ("node-1", "10.244.1.10", None),
-    "x/b": ("node-2", "10.244.2.11", None),
+    "x/a": ("node-1", "10.244.1.10", "fd00:10:244:1::10"),
+    "x/b": ("node-2", "10.244.2.11", "fd00:10:244:2::11"),
     "x/c": ("node-1", "10.244.1.12", "fd00:10:244:1::12"),
     "y/a": ("node-2", "10.244.2.20", "fd00:10:244:2::20"),
-    "y/b": ("node-1", "10.244.1.21", None),
-    "y/c": ("node-2", "10.244.2.22", None),
-    "z/a": ("node-1", "10.244.1.30", None),
-    "z/b": ("node-2", "10.244.2.31", None),
-    "z/c": ("node-1", "10.244.1.32", None),
+    "y/b": ("node-1", "10.244.1.21", "fd00:10:244:1::21"),
+    "y/c": ("node-2", "10.244.2.22", "fd00:10:244:2::22"),
+    "z/a": ("node-1", "10.244.1.30", "fd00:10:244:1::30"),
+    "z/b": ("node-2", "10.244.2.31", "fd00:10:244:2::31"),
+    "z/c": ("node-1", "10.244.1.32", "fd00:10:244:1::32"),
 }
 ALL = [f"{ns}/{p}" for ns in NAMESPACES for p in PODS]
 
@@ -148,9 +150,12 @@ class Reach:
         return {"allow": allow} if len(allow) < len(deny) else {"deny": deny}
 
 
-def probe(proto, port, reach):
-    return {"probe": {"protocol": proto, "port": port, "to": "pod",
-                      "expect": reach.expect()}}
+def probe(proto, port, reach, family=None):
+    p = {"protocol": proto, "port": port, "to": "pod"}
+    if family:
+        p["family"] = family
+    p["expect"] = reach.expect()
+    return {"probe": p}
 
 
 def apply(*objs):
@@ -631,26 +636,31 @@ def ipv6():
         {"ipBlock": {"cidr": "fd00:10:244::/48", "except": ["fd00:10:244:1::/64"]}}]}])
     v6_only = netpol("y/a-from-v6-only", labels(pod="a"), ingress=[{"from": [
         {"ipBlock": {"cidr": "fd00:10:244:1::/64"}}]}])
+    node1_to_ya = R().set("*", "y/a", False)
+    for key, (node_name, _, _) in PLACEMENT.items():
+        if node_name == "node-1":
+            node1_to_ya.set(key, "y/a", True)
     scenario("ipv6.yaml", """
-Dual-stack: x/c (node-1) and y/a (node-2) have IPv4 and IPv6 addresses (IPv4
-first). ipBlocks in both families; v6 excepts.
-The first two cases hold whichever family a probe uses. The last is
-family-dependent: an IPv6-only ipBlock matches x/c only over IPv6, and the table
-expects what the pair's primary family (IPv4: the first of the destination's
-podIPs that the source also has, as `explain` picks) decides: denied. A lab that
-probes dual-stack pairs over IPv6 too must report that family separately for
-this probe to mean anything.
+Dual-stack: every pod has an IPv4 and an IPv6 address (IPv4 first), and each
+case is probed over both families (`family: IPv6` for the second). ipBlocks in
+both families; v6 excepts. The last case is family-dependent: an IPv6-only
+ipBlock (node-1's IPv6 pod CIDR) lets node-1's pods reach y/a over IPv6 only.
 """, [
         apply(both),
         probe("TCP", 80, R().set("*", "y/a", False).set("x/c", "y/a", True)),
         probe("UDP", 81, R().set("*", "y/a", False).set("x/c", "y/a", True)),
+        probe("TCP", 80, R().set("*", "y/a", False).set("x/c", "y/a", True), family="IPv6"),
+        probe("UDP", 81, R().set("*", "y/a", False).set("x/c", "y/a", True), family="IPv6"),
         delete(both),
         apply(except_both),
         probe("TCP", 80, R().set("*", "y/a", False).set("x/b", "y/a", True)
               .set("y/c", "y/a", True).set("z/b", "y/a", True)),
+        probe("TCP", 80, R().set("*", "y/a", False).set("x/b", "y/a", True)
+              .set("y/c", "y/a", True).set("z/b", "y/a", True), family="IPv6"),
         delete(except_both),
         apply(v6_only),
         probe("TCP", 80, R().set("*", "y/a", False)),
+        probe("TCP", 80, node1_to_ya, family="IPv6"),
     ])
 
 

@@ -185,14 +185,27 @@ impl State {
         self.order.retain(|k| k != &key);
     }
 
-    /// `ns/name` of every pod taking part (has an IP, not terminated).
-    fn pods(&self) -> Vec<String> {
+    /// `ns/name` of every pod taking part (has an IP, not terminated) that has
+    /// an address of `family` (`IPv4`/`IPv6`; `None`: any).
+    fn pods_with(&self, family: Option<&str>) -> Vec<String> {
+        let has_family = |obj: &Value| -> bool {
+            let Some(family) = family else { return true };
+            let v6 = family.eq_ignore_ascii_case("IPv6");
+            obj["status"]["podIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(std::iter::once(&obj["status"]["podIP"]))
+                .filter_map(|ip| ip["ip"].as_str().or(ip.as_str()))
+                .any(|ip| ip.contains(':') == v6)
+        };
         let mut pods: Vec<String> = self
             .objects
             .iter()
             .filter(|((kind, _, _), obj)| {
                 kind == "Pod"
                     && obj["status"]["podIP"].is_string()
+                    && has_family(obj)
                     && !matches!(
                         obj["status"]["phase"].as_str(),
                         Some("Succeeded" | "Failed")
@@ -226,6 +239,8 @@ struct ProbeStep {
     step: usize,
     protocol: String,
     port: u16,
+    /// `IPv4`/`IPv6` when the probe names its address family.
+    family: Option<String>,
     expected: Table,
     /// The objects at that step.
     state: State,
@@ -233,7 +248,13 @@ struct ProbeStep {
 
 impl ProbeStep {
     fn title(&self) -> String {
-        format!("step {} ({}/{})", self.step, self.port, self.protocol)
+        match &self.family {
+            Some(family) => format!(
+                "step {} ({}/{} over {family})",
+                self.step, self.port, self.protocol
+            ),
+            None => format!("step {} ({}/{})", self.step, self.port, self.protocol),
+        }
     }
 }
 
@@ -256,7 +277,10 @@ fn replay(scenario: &Path) -> Vec<ProbeStep> {
             }
         } else if let Some(p) = step.get("probe") {
             assert_eq!(p["to"], "pod", "step {i}: only pod probes here");
-            let pods = state.pods();
+            let family = p["family"].as_str().map(str::to_string);
+            // A probe over one family is judged only between pods that have an
+            // address of it.
+            let pods = state.pods_with(family.as_deref());
             let (listed, listed_value) = match (&p["expect"]["allow"], &p["expect"]["deny"]) {
                 (Value::Array(a), Value::Null) => (a, true),
                 (Value::Null, Value::Array(d)) => (d, false),
@@ -290,6 +314,7 @@ fn replay(scenario: &Path) -> Vec<ProbeStep> {
                 step: i,
                 protocol: p["protocol"].as_str().expect("protocol").to_string(),
                 port: u16::try_from(p["port"].as_u64().expect("port")).expect("port"),
+                family,
                 expected,
                 state: state.clone(),
             });
@@ -312,7 +337,8 @@ fn scratch_dir(scenario: &str, step: usize) -> PathBuf {
 fn explain(scenario: &str, probe: &ProbeStep) -> Table {
     let dir = scratch_dir(scenario, probe.step);
     probe.state.write_to(&dir);
-    let out = run(Command::new(kube_nft()).args([
+    let mut cmd = Command::new(kube_nft());
+    cmd.args([
         "explain",
         "--strict",
         "-f",
@@ -322,7 +348,11 @@ fn explain(scenario: &str, probe: &ProbeStep) -> Table {
         &format!("{}/{}", probe.port, probe.protocol),
         "--output",
         "json",
-    ]));
+    ]);
+    if let Some(family) = &probe.family {
+        cmd.args(["--family", family]);
+    }
+    let out = run(&mut cmd);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
@@ -464,7 +494,8 @@ fn check_lab(name: &str) {
         let title = ours.title();
         let same_probe = lab["step"].as_u64() == Some(ours.step as u64)
             && lab["protocol"].as_str() == Some(ours.protocol.as_str())
-            && lab["port"].as_u64() == Some(u64::from(ours.port));
+            && lab["port"].as_u64() == Some(u64::from(ours.port))
+            && lab["family"].as_str() == Some(ours.family.as_deref().unwrap_or("IPv4"));
         if !same_probe {
             writeln!(problems, "  {title}: the lab reported {lab}").unwrap();
             continue;
@@ -562,11 +593,5 @@ scenarios! {
     sctp => "sctp";
     policy_types => "policy-types";
     updates => "updates";
-    // The topology can build dual-stack nodes and pods, but `lab run` does not
-    // wire it up yet: it drops v6 podCIDRs and podIPs (lab/run.rs sets
-    // `pod_cidr_v6`/`ipv6` to None and rewrites status.podIPs to the IPv4
-    // address), so this scenario would pass vacuously over IPv4. The explain
-    // check of the same file still runs.
-    #[ignore = "kube-nft lab run is IPv4-only: it drops v6 podCIDRs/podIPs, so no probe would use IPv6"]
     ipv6 => "ipv6";
 }

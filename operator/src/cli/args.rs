@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cluster::ObjectKey;
-use crate::policy::{Endpoint, PortProto};
+use crate::policy::{Endpoint, Family, PortProto};
 
 /// kube-nft enforces Kubernetes NetworkPolicy (and, later, Service NAT) with
 /// nftables.
@@ -72,9 +72,18 @@ pub enum ExplainCommand {
         /// PORT[/PROTOCOL] to probe (repeatable); default: every port pods declare.
         #[arg(long = "port")]
         ports: Vec<PortProto>,
+        /// Judge every pair between the pods' addresses of this family (IPv4 or
+        /// IPv6), leaving out pods without one; default: the first family both
+        /// pods have, as `explain flow` does.
+        #[arg(long, value_parser = parse_family)]
+        family: Option<Family>,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+}
+
+fn parse_family(s: &str) -> Result<Family, String> {
+    Family::parse(s).ok_or_else(|| format!("unknown address family {s:?}: use IPv4 or IPv6"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

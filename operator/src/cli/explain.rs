@@ -9,7 +9,7 @@ use super::table;
 use crate::cluster::load::{load_paths, LoadOptions};
 use crate::cluster::Cluster;
 use crate::policy::explain::declared_ports;
-use crate::policy::{explain_flow, explain_pod, matrix, Flow};
+use crate::policy::{explain_flow, explain_pod, matrix_for, Flow};
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let cluster = load(&args)?;
@@ -40,7 +40,11 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
                 Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&e)?)?,
             }
         }
-        ExplainCommand::Matrix { ports, output } => {
+        ExplainCommand::Matrix {
+            ports,
+            family,
+            output,
+        } => {
             let probes: Vec<_> = if ports.is_empty() {
                 declared_ports(&cluster)
             } else {
@@ -49,7 +53,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
             if probes.is_empty() {
                 bail!("no pod declares a container port; name ports to probe with --port PORT[/PROTOCOL]");
             }
-            let m = matrix(&cluster, &probes);
+            let m = matrix_for(&cluster, &probes, family);
             match output {
                 Output::Json => writeln!(out, "{}", serde_json::to_string(&m)?)?,
                 Output::Text => {

@@ -23,13 +23,12 @@
 //! * `apply` items are inline manifests (any kind the cluster model holds).
 
 use std::fmt;
-use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::Protocol;
@@ -84,41 +83,7 @@ pub enum Target {
     Service,
 }
 
-/// The address family a probe uses (Kubernetes spells them `IPv4`/`IPv6`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum Family {
-    #[default]
-    IPv4,
-    IPv6,
-}
-
-impl Family {
-    /// `IPv4`/`IPv6`, case-insensitively (`ipv6` too).
-    pub fn parse(s: &str) -> Option<Family> {
-        match s.to_ascii_lowercase().as_str() {
-            "ipv4" => Some(Family::IPv4),
-            "ipv6" => Some(Family::IPv6),
-            _ => None,
-        }
-    }
-
-    /// Whether `ip` is of this family.
-    pub fn has(self, ip: &IpAddr) -> bool {
-        match self {
-            Family::IPv4 => ip.is_ipv4(),
-            Family::IPv6 => ip.is_ipv6(),
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::IPv4 => "IPv4",
-            Family::IPv6 => "IPv6",
-        })
-    }
-}
+pub use crate::policy::Family;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeStep {

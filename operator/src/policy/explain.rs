@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube_nft_crds::ir::Protocol;
 use serde::Serialize;
 
-use super::flow::{Endpoint, Flow};
+use super::flow::{Endpoint, Family, Flow};
 use crate::cluster::{self, Cluster, ObjectKey};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -958,24 +958,44 @@ pub fn declared_ports(cluster: &Cluster) -> Vec<(Protocol, u16)> {
 /// included) on each probe, in from/to name order. A pod's traffic to itself is
 /// not a policy question and is left out; so are pairs without a common family.
 pub fn matrix(cluster: &Cluster, probes: &[(Protocol, u16)]) -> Matrix {
-    let pods: Vec<&ObjectKey> = cluster
+    matrix_for(cluster, probes, None)
+}
+
+/// The truth table over one address family: each pair is judged between the
+/// two pods' addresses of `family`, and pairs where either pod has none are left
+/// out. Without a family, each pair is judged the way `explain flow` judges two
+/// pods (the first family both have).
+pub fn matrix_for(cluster: &Cluster, probes: &[(Protocol, u16)], family: Option<Family>) -> Matrix {
+    let pods: Vec<(&ObjectKey, &Pod)> = cluster
         .pods()
         .iter()
         .filter(|(_, p)| cluster::is_live(p))
-        .map(|(k, _)| k)
         .collect();
+    let endpoint = |key: &ObjectKey, pod: &Pod| -> Option<Endpoint> {
+        match family {
+            None => Some(Endpoint::Pod(key.clone())),
+            Some(family) => cluster::pod_ips(pod)
+                .into_iter()
+                .find(|ip| family.has(ip))
+                .map(Endpoint::Ip),
+        }
+    };
     let probes = probes
         .iter()
         .map(|&(protocol, port)| {
             let mut results = Vec::new();
-            for from in &pods {
-                for to in &pods {
+            for (from, from_pod) in &pods {
+                for (to, to_pod) in &pods {
                     if from == to {
                         continue;
                     }
+                    let (Some(src), Some(dst)) = (endpoint(from, from_pod), endpoint(to, to_pod))
+                    else {
+                        continue;
+                    };
                     let flow = Flow {
-                        from: Endpoint::Pod((*from).clone()),
-                        to: Endpoint::Pod((*to).clone()),
+                        from: src,
+                        to: dst,
                         protocol,
                         port,
                     };

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use kube_nft_crds::ir::Protocol;
+use serde::Serialize;
 
 use crate::cluster::ObjectKey;
 
@@ -89,4 +90,40 @@ pub struct IpFlow {
     pub dst: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
+}
+
+/// The address family of a flow or probe (Kubernetes spells them `IPv4`/`IPv6`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Family {
+    #[default]
+    IPv4,
+    IPv6,
+}
+
+impl Family {
+    /// `IPv4`/`IPv6`, case-insensitively (`ipv6` too).
+    pub fn parse(s: &str) -> Option<Family> {
+        match s.to_ascii_lowercase().as_str() {
+            "ipv4" => Some(Family::IPv4),
+            "ipv6" => Some(Family::IPv6),
+            _ => None,
+        }
+    }
+
+    /// Whether `ip` is of this family.
+    pub fn has(self, ip: &IpAddr) -> bool {
+        match self {
+            Family::IPv4 => ip.is_ipv4(),
+            Family::IPv6 => ip.is_ipv6(),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::IPv4 => "IPv4",
+            Family::IPv6 => "IPv6",
+        })
+    }
 }

@@ -29,12 +29,13 @@
 pub mod compile;
 pub mod explain;
 pub mod flow;
+pub mod incremental;
 pub mod ir_eval;
 pub mod selector;
 
 pub use compile::{compile, compile_node};
-pub use explain::{explain_flow, explain_pod, matrix, Explanation, Matrix, PodReport};
-pub use flow::{Endpoint, Flow, IpFlow, PortProto};
+pub use explain::{explain_flow, explain_pod, matrix, matrix_for, Explanation, Matrix, PodReport};
+pub use flow::{Endpoint, Family, Flow, IpFlow, PortProto};
 pub use ir_eval::{ir_allows, ir_decide, IrDecision};
 
 #[cfg(test)]
