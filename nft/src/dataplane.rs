@@ -105,6 +105,9 @@ pub struct Dataplane {
     name: String,
     committed: Option<Table>,
     chunk_messages: usize,
+    /// The committed copy is unknown (a batch committed but could not be
+    /// replayed or read back): the next sync reloads first.
+    stale: bool,
 }
 
 impl Dataplane {
@@ -118,6 +121,7 @@ impl Dataplane {
             name: name.to_string(),
             committed,
             chunk_messages: DEFAULT_CHUNK_MESSAGES,
+            stale: false,
         })
     }
 
@@ -149,6 +153,7 @@ impl Dataplane {
     pub fn reload(&mut self) -> Result<(), netlink::Error> {
         self.conn.forget(self.family, &self.name);
         self.committed = self.conn.read_table(self.family, &self.name)?;
+        self.stale = false;
         Ok(())
     }
 
@@ -163,6 +168,14 @@ impl Dataplane {
                 got_family: desired.family,
                 got_name: desired.name.clone(),
             });
+        }
+        if self.stale {
+            self.reload().map_err(|source| SyncError::Kernel {
+                transaction: 0,
+                transactions: 0,
+                leftovers: Leftovers::None,
+                source,
+            })?;
         }
         let batch = diff::diff(self.committed.as_ref(), desired);
         let mut report = SyncReport {
@@ -201,6 +214,58 @@ impl Dataplane {
             }
         }
         self.advance(&plan, desired);
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+
+    /// The event-driven path: send one prepared batch (e.g. from
+    /// [`diff::Delta`]) as one transaction and advance the committed copy by
+    /// replaying it, in O(batch · log n): no render, no diff, no walk of the
+    /// table. The caller vouches that the batch fits the committed state (the
+    /// kernel refuses it otherwise, and nothing changes). For start-up and
+    /// resync use [`Dataplane::sync`].
+    ///
+    /// Not staged: the batch is one transaction whatever its size.
+    pub fn apply_batch(&mut self, batch: &Batch) -> Result<SyncReport, SyncError> {
+        let start = Instant::now();
+        if batch.family != self.family || batch.table != self.name {
+            return Err(SyncError::WrongTable {
+                family: self.family,
+                name: self.name.clone(),
+                got_family: batch.family,
+                got_name: batch.table.clone(),
+            });
+        }
+        let mut report = SyncReport {
+            ops: batch.ops.len(),
+            changes: batch.message_count(),
+            ..Default::default()
+        };
+        if batch.is_empty() {
+            report.elapsed = start.elapsed();
+            return Ok(report);
+        }
+        let applied = self.conn.apply(batch).map_err(|source| SyncError::Kernel {
+            transaction: 1,
+            transactions: 1,
+            leftovers: Leftovers::None,
+            source,
+        })?;
+        let took = start.elapsed();
+        report.messages = applied.messages;
+        report.bytes = applied.bytes;
+        report.transactions = 1;
+        report.longest_transaction = took;
+        report.transaction_times.push(took);
+        // The kernel committed: the copy must follow. `apply` refuses less than
+        // the kernel does only for a copy that was already wrong; then the kernel
+        // is the truth.
+        if diff::apply(&mut self.committed, batch).is_err() && self.reload().is_err() {
+            // Cannot read it back either: an unknown copy makes the next full
+            // sync reload the table (see `sync`).
+            self.committed = None;
+            self.stale = true;
+        }
         report.elapsed = start.elapsed();
         Ok(report)
     }

@@ -271,6 +271,12 @@ pub enum MapKey {
     Fields(Vec<Field>),
     /// `numgen random mod N`: a uniformly random integer in `0..N`.
     NumgenRandom { modulus: u32 },
+    /// Packet fields concatenated with `numgen random mod N` as the last part
+    /// (`ip daddr . meta l4proto . th dport . numgen random mod 50`). The map's key
+    /// type ends in [`DataType::Mark`] (the 32-bit numgen value). One map keyed this
+    /// way serves every Service with N endpoints: a miss (another N, or no Service)
+    /// makes the rule not apply, so the next rule is evaluated.
+    FieldsAndNumgen { fields: Vec<Field>, modulus: u32 },
 }
 
 /// Address family of a NAT statement (`dnat ip to …`, `dnat ip6 to …`).

@@ -18,6 +18,9 @@
 //! - `numgen` produces a plain integer, which `nft` refuses to look up in a
 //!   `type mark` map. A `mark`-keyed map that some rule indexes with `numgen` is
 //!   therefore declared `typeof numgen random mod N : …` (same 32-bit kernel key).
+//!   A concatenation ending in numgen ([`MapKey::FieldsAndNumgen`]) is declared
+//!   `typeof ip daddr . meta l4proto . th dport . numgen random mod N : ip daddr .
+//!   th dport` (nft 1.0.6 accepts and lists it).
 //! - `ct state != established,related` is an exact inequality in `nft`, not a bit
 //!   test, so negated bit tests render as `ct state & (established|related) == 0`.
 //! - Interval sets are rendered without `auto-merge`: elements map one to one onto
@@ -379,8 +382,9 @@ pub fn validate(table: &Table) -> Vec<Problem> {
 /// Facts about rules that change how a set header must be written.
 #[derive(Default)]
 struct Hints<'a> {
-    /// Maps indexed by `numgen random mod N`, with an `N` seen.
-    numgen_maps: HashMap<&'a str, u32>,
+    /// Maps indexed by `numgen random mod N` (possibly after packet fields), with
+    /// the fields and an `N` seen.
+    numgen_maps: HashMap<&'a str, (&'a [Field], u32)>,
 }
 
 impl<'a> Hints<'a> {
@@ -400,8 +404,14 @@ impl<'a> Hints<'a> {
                     } => (key, map),
                     _ => continue,
                 };
-                if let MapKey::NumgenRandom { modulus } = key {
-                    numgen_maps.insert(map.as_str(), *modulus);
+                match key {
+                    MapKey::NumgenRandom { modulus } => {
+                        numgen_maps.insert(map.as_str(), (&[][..], *modulus));
+                    }
+                    MapKey::FieldsAndNumgen { fields, modulus } => {
+                        numgen_maps.insert(map.as_str(), (fields.as_slice(), *modulus));
+                    }
+                    MapKey::Fields(_) => {}
                 }
             }
         }
@@ -474,13 +484,27 @@ impl<'h> Renderer<'h> {
         w.write_str("\t}\n")
     }
 
-    /// `type ipv4_addr . inet_service : verdict`, or `typeof numgen … : …`.
+    /// `type ipv4_addr . inet_service : verdict`, or `typeof [fields .] numgen … : …`.
     fn set_type<W: Write>(&self, w: &mut W, s: &Set) -> fmt::Result {
-        if let (Some(modulus), [DataType::Mark]) = (
-            self.hints.numgen_maps.get(s.name.as_str()),
-            s.key.as_slice(),
-        ) {
-            write!(w, "typeof numgen random mod {modulus}")?;
+        let numgen = self
+            .hints
+            .numgen_maps
+            .get(s.name.as_str())
+            .filter(|(fields, _)| {
+                // The key must be the fields' types followed by the numgen mark.
+                s.key.len() == fields.len() + 1
+                    && s.key.last() == Some(&DataType::Mark)
+                    && fields
+                        .iter()
+                        .zip(&s.key)
+                        .all(|(f, t)| field_type(*f) == Some(*t))
+            });
+        if let Some((fields, modulus)) = numgen {
+            w.write_str("typeof ")?;
+            for f in fields.iter() {
+                write!(w, "{} . ", field_name(*f))?;
+            }
+            write!(w, "numgen random mod {modulus}")?;
             return match &s.data {
                 None => Ok(()),
                 Some(SetData::Verdict) => w.write_str(" : verdict"),
@@ -856,7 +880,27 @@ fn map_key<W: Write>(w: &mut W, k: &MapKey) -> fmt::Result {
     match k {
         MapKey::Fields(fs) => fields(w, fs),
         MapKey::NumgenRandom { modulus } => write!(w, "numgen random mod {modulus}"),
+        MapKey::FieldsAndNumgen {
+            fields: fs,
+            modulus,
+        } => {
+            fields(w, fs)?;
+            write!(w, " . numgen random mod {modulus}")
+        }
     }
+}
+
+/// The data type a field's value has in a set key (for `typeof` declarations).
+fn field_type(f: Field) -> Option<DataType> {
+    Some(match f {
+        Field::IpSaddr | Field::IpDaddr => DataType::Ipv4Addr,
+        Field::Ip6Saddr | Field::Ip6Daddr => DataType::Ipv6Addr,
+        Field::L4Proto => DataType::InetProto,
+        Field::ThSport | Field::ThDport => DataType::InetService,
+        Field::IifName | Field::OifName => DataType::IfName,
+        Field::Mark | Field::CtMark => DataType::Mark,
+        _ => return None,
+    })
 }
 
 fn match_expr<W: Write>(w: &mut W, left: &[Field], op: MatchOp, right: &Rhs) -> fmt::Result {

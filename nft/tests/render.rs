@@ -139,6 +139,7 @@ fn map_key_kind(k: &MapKey) -> &'static str {
     match k {
         MapKey::Fields(_) => "MapKey::Fields",
         MapKey::NumgenRandom { .. } => "MapKey::NumgenRandom",
+        MapKey::FieldsAndNumgen { .. } => "MapKey::FieldsAndNumgen",
     }
 }
 
@@ -251,6 +252,7 @@ fn fixture_covers_every_kind() {
         "Verdict::Goto",
         "MapKey::Fields",
         "MapKey::NumgenRandom",
+        "MapKey::FieldsAndNumgen",
         "NatTarget::Addr",
         "NatTarget::Map",
         "IpSaddr",

@@ -186,6 +186,50 @@ pub fn representative() -> Table {
     )]);
     t.add_set(svcs);
 
+    // Services grouped by endpoint count: `vip . proto . port . numgen` keys.
+    let mut grouped = set(
+        "eps-2",
+        &[D::Ipv4Addr, D::InetProto, D::InetService, D::Mark],
+        Some(SetData::Values(vec![D::Ipv4Addr, D::InetService])),
+    );
+    grouped.elements = (0..2u32)
+        .map(|i| {
+            (
+                vec![
+                    val(v4("10.96.0.11")),
+                    val(Value::Proto(proto::TCP)),
+                    val(Value::Port(443)),
+                    val(Value::Mark(i)),
+                ],
+                ElemValue {
+                    data: Some(ElemData::Values(vec![
+                        v4(&format!("10.244.2.{}", i + 1)),
+                        Value::Port(8443),
+                    ])),
+                    ..plain()
+                },
+            )
+        })
+        .collect();
+    t.add_set(grouped);
+    t.add_chain(chain(
+        "services-by-count",
+        vec![Rule::new(vec![
+            m(&[L4Proto], Eq, Rhs::Value(vec![Value::Proto(proto::TCP)])),
+            Expr::Dnat {
+                family: NatFamily::Ip,
+                to: NatTarget::Map {
+                    key: MapKey::FieldsAndNumgen {
+                        fields: vec![IpDaddr, L4Proto, ThDport],
+                        modulus: 2,
+                    },
+                    map: "eps-2".into(),
+                },
+            },
+        ])
+        .with_comment("services with 2 endpoints")],
+    ));
+
     let mut eps = set(
         "svc-default-web-eps",
         &[D::Mark],

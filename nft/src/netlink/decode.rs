@@ -339,7 +339,7 @@ pub(crate) fn decode_rule(family: Family, vms: &[Vm]) -> R<Vec<Expr>> {
     Ok(out)
 }
 
-/// The key of a lookup: all packet fields, or one numgen.
+/// The key of a lookup: all packet fields, one numgen, or fields then numgen.
 fn lookup_key(regs: &Regs, sreg: u32) -> R<MapKey> {
     // The key length is not on the lookup; follow the loads from `sreg` on.
     let mut fields = Vec::new();
@@ -348,6 +348,13 @@ fn lookup_key(regs: &Regs, sreg: u32) -> R<MapKey> {
         match src {
             Src::Field(f) => fields.push(*f),
             Src::Numgen(m) if fields.is_empty() => return Ok(MapKey::NumgenRandom { modulus: *m }),
+            // numgen ends a key: nothing the encoder emits follows it.
+            Src::Numgen(m) => {
+                return Ok(MapKey::FieldsAndNumgen {
+                    fields,
+                    modulus: *m,
+                })
+            }
             _ => break,
         }
         off += (*len).div_ceil(4) * 4;

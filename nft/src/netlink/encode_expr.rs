@@ -385,6 +385,25 @@ impl RuleEncoder<'_> {
                 });
                 Ok(NFT_REG_1)
             }
+            MapKey::FieldsAndNumgen { fields, modulus } => {
+                if *modulus == 0 {
+                    return Err("numgen modulus 0".into());
+                }
+                // Fields from register 1 on, the numgen value in the next free
+                // 4-byte register (as nft does: `numgen reg 11` after 3 fields).
+                let (sreg, len) = self.load_fields(fields)?;
+                let words = len.div_ceil(4);
+                if words >= 16 {
+                    return Err("concatenation longer than the 64-byte register file".into());
+                }
+                self.out.push(Vm::Numgen {
+                    dreg: NFT_REG32_00 + words,
+                    modulus: *modulus,
+                    kind: NFT_NG_RANDOM,
+                    offset: 0,
+                });
+                Ok(sreg)
+            }
         }
     }
 
