@@ -1,10 +1,12 @@
 //! Shared helpers for kube-nft end-to-end tests and the bench binary.
 //!
 //! - [`ruleset`]: kube-proxy-sized rulesets as `nft::Table`s;
+//! - [`bench_policy`]: the synthetic cluster and run of `bench policy`;
 //! - [`measure`]: medians, peak RSS;
 //! - [`topo`]: client — router — server namespaces and a sequence-checked TCP
 //!   stream across them.
 
+pub mod bench_policy;
 pub mod measure;
 pub mod ruleset;
 pub mod topo;

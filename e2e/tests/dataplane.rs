@@ -3,9 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::ruleset::{ServiceRuleset, TABLE};
-use e2e::topo::{can_connect, max_gap, Stream, Topology, SERVER};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+
+use e2e::ruleset::{
+    default_endpoints, endpoint, service_vip, Endpoint, ServiceRuleset, ServiceState, SERVICE_PORT,
+    TABLE,
+};
+use e2e::topo::{can_connect, max_gap, spawn_in, Stream, Topology, SERVER};
 use nft::dataplane::{Dataplane, Leftovers, SyncError};
+use nft::diff::Delta;
 use nft::testing::NetNs;
 use nft::*;
 
@@ -245,11 +252,13 @@ fn failed_flip_after_staged_chunks_removes_leftovers() {
     let mut dp = open(&ns, &small).with_chunk_messages(20);
     dp.sync(&small).unwrap();
 
-    // Grow by 30 services (staged: chunks of new chains and maps) and break a base
-    // chain, which only the final transaction touches.
+    // Grow by 30 services with a new endpoint count (staged: chunks of the new
+    // group map's elements) and break a base chain, which only the final
+    // transaction touches.
+    let g6 = ServiceRuleset { endpoints: 6, ..g };
     let mut big = small.clone();
     for s in 10..40 {
-        g.add_service(&mut big, s);
+        g6.add_service(&mut big, s);
     }
     let bad = with_bad_rule(&big, "forward");
     let err = dp.sync(&bad).unwrap_err();
@@ -274,4 +283,171 @@ fn failed_flip_after_staged_chunks_removes_leftovers() {
     assert!(r.staged, "{r:?}");
     let back = dp.conn().read_table(Family::Ip, TABLE).unwrap();
     assert_eq!(back.as_ref(), Some(&big));
+}
+
+/// Event-driven batches (`Delta` + `apply_batch`) keep the committed copy equal
+/// to a full render of the same state, and to the kernel.
+#[test]
+fn delta_batches_match_full_render_and_kernel() {
+    let ns = NetNs::new("delta").unwrap();
+    let g = ServiceRuleset {
+        services: 50,
+        endpoints: 4,
+        policy_elements: 10,
+        ..ServiceRuleset::kube_proxy_sized()
+    };
+    let mut st = ServiceState::new(g);
+    let mut dp = open(&ns, &st.table());
+    dp.sync(&st.table()).unwrap();
+    let gen0 = dp.conn().generation().unwrap();
+    let mut steps: Vec<Vec<(u32, Vec<Endpoint>)>> = vec![
+        // A new Service of an existing group; of a new group (map + rule).
+        vec![(50, default_endpoints(50, 4, 0))],
+        vec![(51, default_endpoints(51, 7, 0))],
+        // Endpoint count changes: the Service moves between groups.
+        vec![
+            (3, default_endpoints(3, 7, 1)),
+            (4, default_endpoints(4, 2, 1)),
+        ],
+        // A Service goes away; its group stays (empty maps are harmless).
+        vec![(51, vec![])],
+        // The same endpoint moved twice in one batch.
+        vec![
+            (5, default_endpoints(5, 4, 2)),
+            (5, default_endpoints(5, 4, 3)),
+        ],
+    ];
+    // 100 endpoints moved in one batch.
+    let mut moves: BTreeMap<u32, Vec<Endpoint>> = BTreeMap::new();
+    for (svc, ep) in st.moved(100, 9) {
+        let eps = moves
+            .entry(svc)
+            .or_insert_with(|| st.services[&svc].clone());
+        if let Some(e) = eps.get_mut(ep as usize) {
+            *e = endpoint(svc, ep, 9);
+        }
+    }
+    steps.push(moves.into_iter().collect());
+    for (i, step) in steps.into_iter().enumerate() {
+        let mut d = Delta::new(g.family, TABLE);
+        for (svc, eps) in step {
+            st.set_endpoints(&mut d, svc, eps);
+        }
+        let batch = d.into_batch();
+        let r = dp.apply_batch(&batch).unwrap();
+        assert_eq!(r.transactions, 1);
+        assert!(
+            batch.ops.iter().all(|op| matches!(
+                op,
+                Op::AddSet(_)
+                    | Op::AddRule { .. }
+                    | Op::AddElements { .. }
+                    | Op::DeleteElements { .. }
+            )),
+            "step {i}: {batch:?}"
+        );
+        assert_eq!(dp.committed(), Some(&st.table()), "step {i}");
+    }
+    assert!(dp.conn().generation().unwrap() != gen0);
+    let back = dp.conn().read_table(Family::Ip, TABLE).unwrap();
+    assert_eq!(back.as_ref(), Some(&st.table()));
+    assert_eq!(dp.sync(&st.table()).unwrap().transactions, 0);
+}
+
+/// Real packets through the grouped shape: a client connects to Service VIPs
+/// through the router, whose NAT rules (loaded as deltas) pick one of the
+/// backends on the server; connections spread over the backends.
+#[test]
+fn services_dnat_spreads_over_backends() {
+    let topo = Topology::new("svcnat").unwrap();
+    let backends: Vec<Ipv4Addr> = (10..14).map(|i| Ipv4Addr::new(10, 10, 2, i)).collect();
+    for b in &backends {
+        topo.server
+            .exec("ip", &["addr", "add", &format!("{b}/24"), "dev", "s0"])
+            .unwrap();
+    }
+    const BACKEND_PORT: u16 = 8080;
+    let g = ServiceRuleset {
+        services: 0,
+        endpoints: 0,
+        policy_elements: 0,
+        ..ServiceRuleset::kube_proxy_sized()
+    };
+    let mut st = ServiceState::new(g);
+    let mut dp = Dataplane::open(topo.router.conn().unwrap(), Family::Ip, TABLE).unwrap();
+    dp.sync(&st.table()).unwrap();
+    // Service 1 (one endpoint: the server's main address) first, so that packets
+    // for Service 0 miss the eps-1 rule before they reach eps-4.
+    let mut d = Delta::new(Family::Ip, TABLE);
+    st.set_endpoints(
+        &mut d,
+        1,
+        vec![Endpoint {
+            addr: SERVER,
+            port: BACKEND_PORT,
+        }],
+    );
+    dp.apply_batch(&d.into_batch()).unwrap();
+    let mut d = Delta::new(Family::Ip, TABLE);
+    st.set_endpoints(
+        &mut d,
+        0,
+        backends
+            .iter()
+            .map(|a| Endpoint {
+                addr: *a,
+                port: BACKEND_PORT,
+            })
+            .collect(),
+    );
+    dp.apply_batch(&d.into_batch()).unwrap();
+    assert_eq!(dp.committed(), Some(&st.table()));
+    assert_eq!(st.groups, vec![1, 4]);
+
+    const CONNS: usize = 40;
+    let total = CONNS + 1;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = spawn_in(topo.server.path().to_path_buf(), move || {
+        let l = TcpListener::bind(("0.0.0.0", BACKEND_PORT)).expect("bind backends");
+        tx.send(()).expect("signal");
+        let mut hits = Vec::new();
+        while hits.len() < total {
+            let (s, _) = l.accept().expect("accept");
+            hits.push(s.local_addr().expect("local addr"));
+        }
+        hits
+    });
+    rx.recv().unwrap();
+    let client = spawn_in(topo.client.path().to_path_buf(), move || {
+        let mut ok = 0;
+        for i in 0..total {
+            let svc = if i == 0 { 1 } else { 0 };
+            let vip = SocketAddr::from((service_vip(svc), SERVICE_PORT));
+            if TcpStream::connect_timeout(&vip, Duration::from_secs(3)).is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(
+        client.join().unwrap(),
+        total,
+        "every connection reached a backend"
+    );
+    let hits = server.join().unwrap();
+    assert_eq!(hits[0], SocketAddr::from((SERVER, BACKEND_PORT)));
+    let mut per_backend: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for h in &hits[1..] {
+        let SocketAddr::V4(a) = h else { panic!("{h}") };
+        assert!(
+            backends.contains(a.ip()),
+            "{h} is not a backend of service 0"
+        );
+        *per_backend.entry(*a.ip()).or_default() += 1;
+    }
+    eprintln!("connections per backend: {per_backend:?}");
+    assert!(
+        per_backend.len() >= 3,
+        "{CONNS} connections should spread over the 4 backends: {per_backend:?}"
+    );
 }

@@ -2,21 +2,26 @@
 //! network namespace. Ratios are against a baseline measured in the same run.
 //!
 //! `bench dataplane`: a kube-proxy-sized Service ruleset (5,000 services × 50
-//! endpoints, 10,000 policy elements) loaded through netlink ([`Dataplane`], staged
-//! in chunks) vs. `nft -f` of the same table rendered as text; then incremental
-//! changes through the Dataplane vs. `nft -f` of the rendered diff.
+//! endpoints, 10,000 policy elements, grouped by endpoint count: see
+//! `e2e::ruleset`) loaded through netlink ([`Dataplane::sync`], staged in chunks)
+//! vs. `nft -f` of the same table rendered as text; then event-driven changes
+//! through the delta path ([`Delta`] + [`Dataplane::apply_batch`]: no render, no
+//! diff of the table) vs. `nft -f` of the same batches rendered as text.
 
 use std::io::Write;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use e2e::measure::{median, ms, peak_rss_kib};
-use e2e::ruleset::{ServiceRuleset, TABLE};
+use e2e::ruleset::{
+    default_endpoints, endpoint, Layout, ServiceRuleset, ServiceState, SERVICES_CHAIN, TABLE,
+};
 use nft::dataplane::{Dataplane, SyncReport, DEFAULT_CHUNK_MESSAGES};
+use nft::diff::Delta;
 use nft::testing::NetNs;
-use nft::{Family, Table};
+use nft::{Batch, Family, Table};
 
 #[derive(Parser)]
 #[command(about = "kube-nft benchmarks (root; everything in throwaway network namespaces)")]
@@ -27,12 +32,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Cold load and incremental syncs of a kube-proxy-sized ruleset: netlink vs nft -f.
+    /// Cold load and incremental changes of a kube-proxy-sized ruleset: netlink vs nft -f.
     Dataplane(DataplaneArgs),
-    /// Policy compile + render + sync (not yet implemented).
-    Policy,
-    /// Services model → ruleset → sync (not yet implemented).
-    Services,
+    /// NetworkPolicy on a 10,000-pod node: compile, render, cold apply; pod
+    /// relabels incremental (event to kernel ACK) vs full reload.
+    Policy(e2e::bench_policy::PolicyArgs),
 }
 
 #[derive(Args)]
@@ -49,7 +53,7 @@ struct DataplaneArgs {
     /// Cold loads through `nft -f` (median reported).
     #[arg(long, default_value_t = 3)]
     nft_runs: usize,
-    /// Incremental syncs per change kind.
+    /// Incremental changes per kind.
     #[arg(long, default_value_t = 50)]
     changes: usize,
     /// Staged transaction size, in messages.
@@ -58,15 +62,16 @@ struct DataplaneArgs {
     /// Also time one cold load per chunk size in this list (e.g. 2000,5000,20000,1000000).
     #[arg(long, value_delimiter = ',')]
     sweep_chunks: Vec<usize>,
-    /// Also time the shared-endpoint-map layout through `nft -f` (slow: ~2 min).
+    /// Also measure the old per-service shape (a chain and a map per Service
+    /// behind a goto verdict map): one cold load each way, full-sync adds (~10 s).
     #[arg(long)]
-    shared_map_alt: bool,
+    old_shape: bool,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Dataplane(a) => dataplane(a),
-        Cmd::Policy | Cmd::Services => bail!("not implemented yet; try `bench dataplane`"),
+        Cmd::Policy(a) => e2e::bench_policy::run(a),
     }
 }
 
@@ -85,9 +90,11 @@ fn dataplane(a: DataplaneArgs) -> Result<()> {
         services: a.services,
         endpoints: a.endpoints,
         policy_elements: a.policy_elements,
+        layout: Layout::ByEndpointCount,
     };
     let t0 = Instant::now();
-    let table = gen.build();
+    let mut state = ServiceState::new(gen);
+    let table = state.table();
     let build = t0.elapsed();
     let t0 = Instant::now();
     let text = nft::render::render_text(&table);
@@ -102,13 +109,14 @@ fn dataplane(a: DataplaneArgs) -> Result<()> {
     let _cleanup = RemoveOnDrop(file.clone());
     let counts = ServiceRuleset::element_counts(&table);
     println!(
-        "ruleset: {} services × {} endpoints, {} policy elements: {} chains, {} sets, \
-         {} elements; {} changes; build {}, render {} ({} KiB text)",
+        "ruleset: {} services × {} endpoints, {} policy elements, grouped by endpoint count: \
+         {} chains, {} sets, {} rules, {} elements; {} changes; build {}, render {} ({} KiB text)",
         a.services,
         a.endpoints,
         a.policy_elements,
         table.chains.len(),
         table.sets.len(),
+        table.chains.values().map(|c| c.rules.len()).sum::<usize>(),
         counts.0 + counts.1 + counts.2,
         nft::diff::full_load(&table).message_count(),
         ms(build),
@@ -131,20 +139,7 @@ fn dataplane(a: DataplaneArgs) -> Result<()> {
     }
 
     // Cold loads through netlink; the last namespace stays for incremental runs.
-    let mut cold = Vec::new();
-    let mut last: Option<(NetNs, Dataplane, SyncReport)> = None;
-    for run in 0..a.netlink_runs.max(1) {
-        drop(last.take());
-        let ns = NetNs::new("bench-netlink")?;
-        let mut dp = Dataplane::open(ns.conn()?, Family::Ip, TABLE)?.with_chunk_messages(a.chunk);
-        let r = dp.sync(&table)?;
-        cold.push(r.elapsed);
-        if run == 0 {
-            check_kernel(&mut dp, &table, counts)?;
-        }
-        last = Some((ns, dp, r));
-    }
-    let (ns, mut dp, cold_report) = last.expect("at least one run");
+    let (cold, ns, mut dp, cold_report) = cold_netlink(&table, a.netlink_runs, a.chunk, counts)?;
 
     // Cold loads through `nft -f`, a whole process as an operator would run it.
     let mut cold_nft = Vec::new();
@@ -156,89 +151,98 @@ fn dataplane(a: DataplaneArgs) -> Result<()> {
         nft_file(&ns, &file)?;
         cold_nft.push(t.elapsed());
         if run == 0 {
-            // Cheap check through the CLI (our read-back cannot decode the
-            // `typeof numgen` integer key type nft gives the endpoint maps).
+            // Cheap check through the CLI: chains, and the group rules.
             let chains = ns.nft(&["list", "chains", "ip"])?;
             let n_chains = chains.matches("\tchain ").count();
-            let services = ns.nft(&["list", "map", "ip", TABLE, e2e::ruleset::SERVICES])?;
-            let n_services = services.matches(": goto ").count();
+            let rules = ns.nft(&["list", "chain", "ip", TABLE, SERVICES_CHAIN])?;
+            let n_rules = rules.matches(" map @eps-").count();
             ensure!(
-                (n_chains, n_services) == (table.chains.len(), counts.0),
-                "nft -f loaded {n_chains} chains / {n_services} services, model has {} / {}",
+                (n_chains, n_rules) == (table.chains.len(), state.groups.len()),
+                "nft -f loaded {n_chains} chains / {n_rules} group rules, model has {} / {}",
                 table.chains.len(),
-                counts.0
+                state.groups.len()
             );
         }
         nft_ns = Some(ns);
     }
     let nft_ns = nft_ns.expect("at least one run");
 
-    // The alternative layout (one shared endpoint map), through `nft -f` only.
-    let alt = if a.shared_map_alt {
-        let (cold, add) = shared_map_alternative(&gen, &file)?;
-        (ms(cold), format!("{} (median of 5)", ms(add)))
-    } else {
-        (
-            "(--shared-map-alt)".to_string(),
-            "(--shared-map-alt)".to_string(),
-        )
+    // Event-driven: add one new Service per batch (same endpoint count: N
+    // element adds into an existing map). Timed: delta build + encode + send +
+    // kernel ACK + committed-copy update.
+    let mut next_svc = a.services;
+    let nft_changes = a.changes.min(10);
+    let add_one = |state: &mut ServiceState, dp: &mut Dataplane, svc: u32, n: u32| {
+        let t = Instant::now();
+        let mut d = Delta::new(Family::Ip, TABLE);
+        state.set_endpoints(&mut d, svc, default_endpoints(svc, n, 0));
+        let batch = d.into_batch();
+        let r = dp.apply_batch(&batch)?;
+        anyhow::Ok((t.elapsed(), r, batch))
     };
-
-    // Incremental: add one new service per sync.
-    let mut desired = table.clone();
     let mut adds = Vec::new();
+    let mut add_batches = Vec::new();
     let mut add_msgs = 0;
     for k in 0..a.changes {
-        gen.add_service(&mut desired, a.services + k as u32);
-        let r = dp.sync(&desired)?;
+        let (took, r, batch) = add_one(&mut state, &mut dp, next_svc, a.endpoints)?;
+        next_svc += 1;
         ensure!(r.transactions == 1, "one service must be one transaction");
-        adds.push(r.elapsed);
+        adds.push(took);
         add_msgs = r.changes;
-        if verbose() {
-            println!(
-                "add: total {} diff {} kernel {:?}",
-                ms(r.elapsed),
-                ms(r.diff),
-                r.transaction_times
-            );
+        if k < nft_changes {
+            add_batches.push(batch);
         }
+        verbose_report("add", took, &r);
     }
-    // The same adds through `nft -f` of the rendered diff, into the nft namespace.
-    let mut nft_state = table.clone();
-    let mut adds_nft = Vec::new();
-    for k in 0..a.changes.min(10) {
-        let mut next = nft_state.clone();
-        gen.add_service(&mut next, a.services + k as u32);
-        let batch = nft::diff::diff(Some(&nft_state), &next);
-        let script = nft::render::render_batch_with(&batch, Some(&nft_state));
-        let f = std::env::temp_dir().join(format!("kn-bench-{}-add.nft", std::process::id()));
-        std::fs::write(&f, script)?;
-        let _rm = RemoveOnDrop(f.clone());
-        let t = Instant::now();
-        nft_file(&nft_ns, &f)?;
-        adds_nft.push(t.elapsed());
-        nft_state = next;
+    // A Service with an endpoint count no other Service has: a new map and rule.
+    let mut adds_new_n = Vec::new();
+    let mut add_new_n_batches = Vec::new();
+    let mut add_new_n_msgs = 0;
+    for k in 0..nft_changes {
+        let n = a.endpoints + 1 + k as u32;
+        let (took, r, batch) = add_one(&mut state, &mut dp, next_svc, n)?;
+        next_svc += 1;
+        adds_new_n.push(took);
+        add_new_n_msgs = r.changes;
+        add_new_n_batches.push(batch);
+        verbose_report("add new N", took, &r);
     }
-    drop(nft_ns);
-
-    // Incremental: move 100 endpoints.
+    // Move 100 endpoints per batch.
     let mut eps = Vec::new();
+    let mut eps_batches = Vec::new();
     let mut ep_msgs = 0;
     for k in 0..a.changes {
-        gen.change_endpoints(&mut desired, 100, k as u32 + 1);
-        let r = dp.sync(&desired)?;
-        eps.push(r.elapsed);
-        ep_msgs = r.changes;
-        if verbose() {
-            println!(
-                "eps: total {} diff {} kernel {:?}",
-                ms(r.elapsed),
-                ms(r.diff),
-                r.transaction_times
-            );
+        let g = k as u32 + 1;
+        let t = Instant::now();
+        let mut d = Delta::new(Family::Ip, TABLE);
+        for (svc, ep) in state.moved(100, g) {
+            let mut list = state.services[&svc].clone();
+            list[ep as usize] = endpoint(svc, ep, g);
+            state.set_endpoints(&mut d, svc, list);
         }
+        let batch = d.into_batch();
+        let r = dp.apply_batch(&batch)?;
+        let took = t.elapsed();
+        eps.push(took);
+        ep_msgs = r.changes;
+        if k < nft_changes {
+            eps_batches.push(batch);
+        }
+        verbose_report("eps", took, &r);
     }
-    // Still exactly what the model says, and a no-op sync is empty.
+    // The same batches through `nft -f` of their rendered text, in the same order
+    // (the nft namespace holds the same table).
+    let adds_nft = nft_batches(&nft_ns, &add_batches)?;
+    let adds_new_n_nft = nft_batches(&nft_ns, &add_new_n_batches)?;
+    let eps_nft = nft_batches(&nft_ns, &eps_batches)?;
+    drop(nft_ns);
+
+    // The committed copy equals a full render of the final state and the kernel.
+    let desired = state.table();
+    ensure!(
+        dp.committed() == Some(&desired),
+        "committed copy drifted from the state"
+    );
     let back = dp.conn().read_table(Family::Ip, TABLE)?;
     ensure!(
         back.as_ref() == Some(&desired),
@@ -251,9 +255,15 @@ fn dataplane(a: DataplaneArgs) -> Result<()> {
     drop(dp);
     drop(ns);
 
+    let old = if a.old_shape {
+        Some(old_shape(&a)?)
+    } else {
+        None
+    };
+
     let rss = peak_rss_kib().unwrap_or(0);
     let (cold_med, cold_nft_med) = (median(&cold), median(&cold_nft));
-    let rows = [
+    let mut rows = vec![
         Row {
             metric: "cold load (median)",
             netlink: format!("{} ({} runs)", ms(cold_med), cold.len()),
@@ -289,18 +299,20 @@ fn dataplane(a: DataplaneArgs) -> Result<()> {
                 adds.len()
             ),
             nft_f: format!("{} ({} runs)", ms(median(&adds_nft)), adds_nft.len()),
-            target: "≤ 2 ms",
+            target: "≤ 2 ms in-process",
         },
         Row {
-            metric: "alt. shared endpoint map: cold",
-            netlink: "- (model lacks numgen offset)".into(),
-            nft_f: alt.0.clone(),
-            target: "",
-        },
-        Row {
-            metric: "alt. shared endpoint map: add 1",
-            netlink: "-".into(),
-            nft_f: alt.1.clone(),
+            metric: "add 1 service, new N (median)",
+            netlink: format!(
+                "{} ({add_new_n_msgs} changes, {} runs)",
+                ms(median(&adds_new_n)),
+                adds_new_n.len()
+            ),
+            nft_f: format!(
+                "{} ({} runs)",
+                ms(median(&adds_new_n_nft)),
+                adds_new_n_nft.len()
+            ),
             target: "",
         },
         Row {
@@ -310,20 +322,128 @@ fn dataplane(a: DataplaneArgs) -> Result<()> {
                 ms(median(&eps)),
                 eps.len()
             ),
-            nft_f: "-".into(),
-            target: "",
-        },
-        Row {
-            metric: "peak RSS of bench process",
-            netlink: format!("{} MiB", rss / 1024),
-            nft_f: "-".into(),
+            nft_f: format!("{} ({} runs)", ms(median(&eps_nft)), eps_nft.len()),
             target: "",
         },
     ];
+    if let Some(o) = &old {
+        rows.push(Row {
+            metric: "old per-service shape: cold",
+            netlink: format!("{} ({} runs)", ms(median(&o.cold)), o.cold.len()),
+            nft_f: format!("{} (1 run)", ms(o.cold_nft)),
+            target: "",
+        });
+        rows.push(Row {
+            metric: "old shape: add 1 service (sync)",
+            netlink: format!("{} ({} runs)", ms(median(&o.adds)), o.adds.len()),
+            nft_f: "-".into(),
+            target: "",
+        });
+    }
+    rows.push(Row {
+        metric: "peak RSS of bench process",
+        netlink: format!("{} MiB", rss / 1024),
+        nft_f: "-".into(),
+        target: "",
+    });
     print_table(&rows);
     let ratio = cold_nft_med.as_secs_f64() / cold_med.as_secs_f64().max(1e-9);
     println!("ratio cold-load nft-f/netlink: {ratio:.2}");
     Ok(())
+}
+
+/// `runs` cold loads of `table` into fresh namespaces through netlink; the first
+/// is read back and compared. Returns the times and the last namespace.
+fn cold_netlink(
+    table: &Table,
+    runs: usize,
+    chunk: usize,
+    counts: (usize, usize, usize),
+) -> Result<(Vec<Duration>, NetNs, Dataplane, SyncReport)> {
+    let mut cold = Vec::new();
+    let mut last: Option<(NetNs, Dataplane, SyncReport)> = None;
+    for run in 0..runs.max(1) {
+        drop(last.take());
+        let ns = NetNs::new("bench-netlink")?;
+        let mut dp = Dataplane::open(ns.conn()?, Family::Ip, TABLE)?.with_chunk_messages(chunk);
+        let r = dp.sync(table)?;
+        cold.push(r.elapsed);
+        if run == 0 {
+            check_kernel(&mut dp, table, counts)?;
+        }
+        last = Some((ns, dp, r));
+    }
+    let (ns, dp, r) = last.expect("at least one run");
+    Ok((cold, ns, dp, r))
+}
+
+struct OldShape {
+    cold: Vec<Duration>,
+    cold_nft: Duration,
+    adds: Vec<Duration>,
+}
+
+/// The old per-service layout: cold loads both ways, then one-service adds
+/// through a full `sync` (render of the desired table + diff + send).
+fn old_shape(a: &DataplaneArgs) -> Result<OldShape> {
+    let gen = ServiceRuleset {
+        family: Family::Ip,
+        services: a.services,
+        endpoints: a.endpoints,
+        policy_elements: a.policy_elements,
+        layout: Layout::PerService,
+    };
+    let table = gen.build();
+    let counts = ServiceRuleset::element_counts(&table);
+    let (cold, ns, mut dp, _) = cold_netlink(&table, a.netlink_runs.min(3), a.chunk, counts)?;
+    let mut desired = table.clone();
+    let mut adds = Vec::new();
+    for k in 0..a.changes.min(10) {
+        let t = Instant::now();
+        gen.add_service(&mut desired, a.services + k as u32);
+        dp.sync(&desired)?;
+        adds.push(t.elapsed());
+    }
+    drop(dp);
+    drop(ns);
+    let file = std::env::temp_dir().join(format!("kn-bench-{}-old.nft", std::process::id()));
+    std::fs::write(&file, nft::render::render_text(&table))?;
+    let _rm = RemoveOnDrop(file.clone());
+    let ns = NetNs::new("bench-old-nft")?;
+    let t = Instant::now();
+    nft_file(&ns, &file)?;
+    let cold_nft = t.elapsed();
+    Ok(OldShape {
+        cold,
+        cold_nft,
+        adds,
+    })
+}
+
+/// Apply each batch through `nft -f` of its rendered text; the time of each.
+fn nft_batches(ns: &NetNs, batches: &[Batch]) -> Result<Vec<Duration>> {
+    let f = std::env::temp_dir().join(format!("kn-bench-{}-delta.nft", std::process::id()));
+    let _rm = RemoveOnDrop(f.clone());
+    let mut out = Vec::new();
+    for b in batches {
+        std::fs::write(&f, nft::render::render_batch(b))?;
+        let t = Instant::now();
+        nft_file(ns, &f)?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+fn verbose_report(what: &str, took: Duration, r: &SyncReport) {
+    if verbose() {
+        println!(
+            "{what}: in-process {} kernel {:?} ({} changes, {} messages)",
+            ms(took),
+            r.transaction_times,
+            r.changes,
+            r.messages
+        );
+    }
 }
 
 /// Read back element counts (cheap) and the table as a whole (once).
@@ -340,33 +460,6 @@ fn check_kernel(dp: &mut Dataplane, table: &Table, counts: (usize, usize, usize)
     );
     ensure!(&back == table, "kernel read-back differs from the model");
     Ok(())
-}
-
-/// Cold load and one-service adds of the shared-endpoint-map layout via `nft -f`,
-/// in a fresh namespace; `scratch` names a temp file to reuse.
-fn shared_map_alternative(
-    gen: &ServiceRuleset,
-    scratch: &std::path::Path,
-) -> Result<(std::time::Duration, std::time::Duration)> {
-    let ns = NetNs::new("bench-alt")?;
-    let f = scratch.with_extension("alt.nft");
-    let _rm = RemoveOnDrop(f.clone());
-    std::fs::write(
-        &f,
-        e2e::ruleset::shared_map_text(gen, 0..gen.services, true),
-    )?;
-    let t = Instant::now();
-    nft_file(&ns, &f)?;
-    let cold = t.elapsed();
-    let mut adds = Vec::new();
-    for k in 0..5 {
-        let svc = gen.services + k;
-        std::fs::write(&f, e2e::ruleset::shared_map_text(gen, svc..svc + 1, false))?;
-        let t = Instant::now();
-        nft_file(&ns, &f)?;
-        adds.push(t.elapsed());
-    }
-    Ok((cold, median(&adds)))
 }
 
 fn verbose() -> bool {

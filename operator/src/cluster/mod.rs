@@ -100,6 +100,9 @@ pub struct Cluster {
     extra_node_addresses: BTreeMap<String, BTreeSet<IpAddr>>,
     /// IP → policy peer pod (see [`is_policy_peer`]).
     pod_by_ip: BTreeMap<IpAddr, ObjectKey>,
+    /// IP → every policy peer pod holding it, so a removal finds the heir of
+    /// a duplicate IP without walking all pods.
+    ip_holders: BTreeMap<IpAddr, BTreeSet<ObjectKey>>,
 }
 
 impl Cluster {
@@ -160,6 +163,7 @@ impl Cluster {
                 // First pod wins on a duplicate IP; validation cannot see the
                 // other pods, and a stale duplicate is a transient state.
                 self.pod_by_ip.entry(ip).or_insert_with(|| key.clone());
+                self.ip_holders.entry(ip).or_default().insert(key.clone());
             }
         }
         self.pods.insert(key, pod);
@@ -168,15 +172,24 @@ impl Cluster {
 
     pub fn remove_pod(&mut self, key: &ObjectKey) -> Option<Pod> {
         let old = self.pods.remove(key)?;
-        self.pod_by_ip.retain(|_, k| k != key);
-        // Another pod may hold one of the freed IPs (a transient duplicate).
-        for ip in pod_ips(&old) {
-            let heir = self
-                .pods
-                .iter()
-                .find(|(_, p)| is_policy_peer(p) && pod_ips(p).contains(&ip));
-            if let Some((k, _)) = heir {
-                self.pod_by_ip.insert(ip, k.clone());
+        if is_policy_peer(&old) {
+            for ip in pod_ips(&old) {
+                let Some(holders) = self.ip_holders.get_mut(&ip) else {
+                    continue;
+                };
+                holders.remove(key);
+                // Another pod may hold the freed IP (a transient duplicate):
+                // the first in name order inherits it.
+                let heir = holders.iter().next().cloned();
+                if holders.is_empty() {
+                    self.ip_holders.remove(&ip);
+                }
+                if self.pod_by_ip.get(&ip) == Some(key) {
+                    match heir {
+                        Some(k) => self.pod_by_ip.insert(ip, k),
+                        None => self.pod_by_ip.remove(&ip),
+                    };
+                }
             }
         }
         Some(old)

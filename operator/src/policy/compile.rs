@@ -34,10 +34,16 @@ pub fn compile_node(cluster: &Cluster, node: &str) -> CompiledPolicy {
 }
 
 fn compile_filtered(cluster: &Cluster, want_node: impl Fn(&str) -> bool) -> CompiledPolicy {
-    let mut cx = Compiler {
-        cluster,
-        sets: BTreeMap::new(),
-    };
+    compile_with_defs(cluster, want_node).0
+}
+
+/// [`compile`] restricted to the nodes `want_node` accepts, with the definition
+/// of every address set (for incremental updates).
+pub(crate) fn compile_with_defs(
+    cluster: &Cluster,
+    want_node: impl Fn(&str) -> bool,
+) -> (CompiledPolicy, BTreeMap<String, SetDef>) {
+    let mut cx = Compiler::new(cluster, BTreeMap::new());
     let mut nodes: BTreeMap<String, NodePolicy> = cluster
         .nodes()
         .keys()
@@ -57,13 +63,14 @@ fn compile_filtered(cluster: &Cluster, want_node: impl Fn(&str) -> bool) -> Comp
                 .push(pp);
         }
     }
-    CompiledPolicy {
+    let ir = CompiledPolicy {
         address_sets: cx.sets,
         nodes,
-    }
+    };
+    (ir, cx.defs)
 }
 
-fn empty_node(cluster: &Cluster, node: &str) -> NodePolicy {
+pub(crate) fn empty_node(cluster: &Cluster, node: &str) -> NodePolicy {
     NodePolicy {
         node: node.to_string(),
         node_addresses: cluster.node_addresses(node),
@@ -98,16 +105,16 @@ fn effective_types(policy: &NetworkPolicy) -> (bool, bool) {
 
 /// Who a selector peer stands for, canonically.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Scope {
+pub(crate) enum Scope {
     /// The policy's own namespace.
     Namespace(String),
     Namespaces(CanonicalSelector),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct SelectorPeer {
-    scope: Scope,
-    pods: CanonicalSelector,
+pub(crate) struct SelectorPeer {
+    pub(crate) scope: Scope,
+    pub(crate) pods: CanonicalSelector,
 }
 
 impl SelectorPeer {
@@ -133,17 +140,30 @@ impl SelectorPeer {
         }
     }
 
-    fn matches(&self, cluster: &Cluster, key: &ObjectKey, pod: &Pod) -> bool {
+    /// Does the peer cover pod `key`, whose namespace has `ns_labels`?
+    pub(crate) fn matches(
+        &self,
+        key: &ObjectKey,
+        pod: &Pod,
+        ns_labels: &BTreeMap<String, String>,
+    ) -> bool {
         let ns_ok = match &self.scope {
             Scope::Namespace(ns) => &key.namespace == ns,
-            Scope::Namespaces(s) => s.matches(&cluster.namespace_labels(&key.namespace)),
+            Scope::Namespaces(s) => s.matches(ns_labels),
         };
-        ns_ok && self.pods.matches(&cluster::pod_labels(pod))
+        ns_ok && self.pods.matches(labels_of(pod))
     }
 }
 
+/// A pod's labels, borrowed.
+pub(crate) fn labels_of(pod: &Pod) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
+}
+
 /// A peer of a rule before resolution.
-enum PeerSpec {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerSpec {
     Any,
     Selector(SelectorPeer),
     Cidr { cidr: IpNet, except: Vec<IpNet> },
@@ -184,10 +204,16 @@ impl PeerSpec {
     }
 
     /// Does this peer cover `ip` of pod `key`?
-    fn covers(&self, cluster: &Cluster, key: &ObjectKey, pod: &Pod, ip: std::net::IpAddr) -> bool {
+    fn covers(
+        &self,
+        key: &ObjectKey,
+        pod: &Pod,
+        ns_labels: &BTreeMap<String, String>,
+        ip: std::net::IpAddr,
+    ) -> bool {
         match self {
             PeerSpec::Any => true,
-            PeerSpec::Selector(s) => s.matches(cluster, key, pod),
+            PeerSpec::Selector(s) => s.matches(key, pod, ns_labels),
             PeerSpec::Cidr { cidr, except } => {
                 cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
             }
@@ -195,17 +221,107 @@ impl PeerSpec {
     }
 }
 
-struct Compiler<'a> {
-    cluster: &'a Cluster,
-    sets: BTreeMap<String, AddressSet>,
+/// What an address set stands for: enough to decide which elements one pod
+/// contributes, without looking at any other pod (incremental updates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SetDef {
+    pub(crate) peer: PeerSpec,
+    /// `Some`: an (IP, protocol, port) set for these named ports.
+    pub(crate) named: Option<BTreeSet<(Protocol, String)>>,
 }
 
-impl Compiler<'_> {
-    fn pod_policy(&mut self, key: &ObjectKey, pod: &Pod) -> Option<PodPolicy> {
+impl SetDef {
+    /// The elements pod `key` contributes to the set: `ips` are its IPs
+    /// ([`cluster::pod_ips`]), `ns_labels` the labels of its namespace. The
+    /// caller checks [`cluster::is_policy_peer`] (others contribute nothing).
+    pub(crate) fn pod_elements(
+        &self,
+        key: &ObjectKey,
+        pod: &Pod,
+        ips: &[std::net::IpAddr],
+        ns_labels: &BTreeMap<String, String>,
+        out: &mut BTreeSet<AddressSetElement>,
+    ) {
+        match &self.named {
+            None => {
+                let PeerSpec::Selector(s) = &self.peer else {
+                    return;
+                };
+                if s.matches(key, pod, ns_labels) {
+                    out.extend(ips.iter().map(|&ip| AddressSetElement {
+                        ip,
+                        protocol: None,
+                        port: None,
+                    }));
+                }
+            }
+            Some(named) => {
+                for &ip in ips {
+                    if !self.peer.covers(key, pod, ns_labels, ip) {
+                        continue;
+                    }
+                    for (protocol, port_name) in named {
+                        if let Some(port) = cluster::named_port(pod, port_name, *protocol) {
+                            out.insert(AddressSetElement {
+                                ip,
+                                protocol: Some(*protocol),
+                                port: Some(port),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct Compiler<'a> {
+    cluster: &'a Cluster,
+    pub(crate) sets: BTreeMap<String, AddressSet>,
+    /// Definition of every set this compiler created.
+    pub(crate) defs: BTreeMap<String, SetDef>,
+    ns_labels: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl<'a> Compiler<'a> {
+    /// A compiler that treats the sets in `sets` as resolved already.
+    pub(crate) fn new(cluster: &'a Cluster, sets: BTreeMap<String, AddressSet>) -> Self {
+        Compiler {
+            cluster,
+            sets,
+            defs: BTreeMap::new(),
+            ns_labels: BTreeMap::new(),
+        }
+    }
+
+    /// Every pod's contribution to a new set.
+    fn resolve(&mut self, name: String, canonical: String, def: SetDef) {
+        if self.ns_labels.is_empty() {
+            self.ns_labels = self
+                .cluster
+                .namespaces()
+                .keys()
+                .map(|n| (n.clone(), self.cluster.namespace_labels(n)))
+                .collect();
+        }
+        let empty = BTreeMap::new();
+        let mut elements = BTreeSet::new();
+        for (key, pod) in self.cluster.pods() {
+            if !cluster::is_policy_peer(pod) {
+                continue;
+            }
+            let ns_labels = self.ns_labels.get(&key.namespace).unwrap_or(&empty);
+            def.pod_elements(key, pod, &cluster::pod_ips(pod), ns_labels, &mut elements);
+        }
+        self.insert_set(name.clone(), canonical, elements);
+        self.defs.insert(name, def);
+    }
+
+    pub(crate) fn pod_policy(&mut self, key: &ObjectKey, pod: &Pod) -> Option<PodPolicy> {
         if !cluster::is_policy_peer(pod) {
             return None;
         }
-        let labels = cluster::pod_labels(pod);
+        let labels = labels_of(pod);
         let mut ingress_isolated = false;
         let mut egress_isolated = false;
         let mut ingress = Vec::new();
@@ -217,7 +333,7 @@ impl Compiler<'_> {
                 .as_ref()
                 .map(CanonicalSelector::new)
                 .unwrap_or_default();
-            if !selector.matches(&labels) {
+            if !selector.matches(labels) {
                 continue;
             }
             let (ing, eg) = effective_types(policy);
@@ -351,19 +467,11 @@ impl Compiler<'_> {
                 let canonical = s.canonical();
                 let name = format!("peer-{:016x}", stable_hash(&canonical));
                 if !self.sets.contains_key(&name) {
-                    let mut elements = BTreeSet::new();
-                    for (key, pod) in self.cluster.pods() {
-                        if cluster::is_policy_peer(pod) && s.matches(self.cluster, key, pod) {
-                            elements.extend(cluster::pod_ips(pod).into_iter().map(|ip| {
-                                AddressSetElement {
-                                    ip,
-                                    protocol: None,
-                                    port: None,
-                                }
-                            }));
-                        }
-                    }
-                    self.insert_set(name.clone(), canonical, elements);
+                    let def = SetDef {
+                        peer: peer.clone(),
+                        named: None,
+                    };
+                    self.resolve(name.clone(), canonical, def);
                 }
                 IrPeer::AddressSet { name }
             }
@@ -377,27 +485,11 @@ impl Compiler<'_> {
         let canonical = format!("{};namedPorts={}", peer.canonical(), names.join(","));
         let name = format!("ports-{:016x}", stable_hash(&canonical));
         if !self.sets.contains_key(&name) {
-            let mut elements = BTreeSet::new();
-            for (key, pod) in self.cluster.pods() {
-                if !cluster::is_policy_peer(pod) {
-                    continue;
-                }
-                for ip in cluster::pod_ips(pod) {
-                    if !peer.covers(self.cluster, key, pod, ip) {
-                        continue;
-                    }
-                    for (protocol, port_name) in named {
-                        if let Some(port) = cluster::named_port(pod, port_name, *protocol) {
-                            elements.insert(AddressSetElement {
-                                ip,
-                                protocol: Some(*protocol),
-                                port: Some(port),
-                            });
-                        }
-                    }
-                }
-            }
-            self.insert_set(name.clone(), canonical, elements);
+            let def = SetDef {
+                peer: peer.clone(),
+                named: Some(named.clone()),
+            };
+            self.resolve(name.clone(), canonical, def);
         }
         IrPeer::AddressPortSet { name }
     }

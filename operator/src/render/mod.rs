@@ -78,6 +78,7 @@
 //! }
 //! ```
 
+pub mod delta;
 pub mod intervals;
 pub mod names;
 pub mod policy;

@@ -13,12 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use kube_nft_crds::ir::{AddressSet, IrPeer, IrPort, IrRule, NodePolicy, PodPolicy, Protocol};
+use kube_nft_crds::ir::{
+    AddressSet, AddressSetElement, IrPeer, IrPort, IrRule, NodePolicy, PodPolicy, Protocol,
+};
 use nft::render::render_rule;
 use nft::{
-    ct_state, BaseChain, Chain, ChainPolicy, ChainType, DataType, ElemData, ElemValue, Expr,
-    Family, Field, Hook, KeyPart, MapKey, MatchOp, Rhs, Rule, Set, SetData, SetFlags, Table, Value,
-    Verdict,
+    ct_state, BaseChain, Chain, ChainPolicy, ChainType, DataType, ElemData, ElemKey, ElemValue,
+    Expr, Family, Field, Hook, KeyPart, MapKey, MatchOp, Rhs, Rule, Set, SetData, SetFlags, Table,
+    Value, Verdict,
 };
 
 use super::intervals::{self, Range};
@@ -160,6 +162,7 @@ pub fn contribute(
         table,
         address_sets,
         names: ContentNames::default(),
+        ir_sets: None,
     };
     r.dispatch(node);
     for pod in &node.pods {
@@ -171,6 +174,100 @@ struct PolicyRenderer<'a> {
     table: &'a mut Table,
     address_sets: &'a BTreeMap<String, AddressSet>,
     names: ContentNames,
+    /// `Some`: render `as-`/`asp-` sets as headers only and record here what
+    /// they stand for (see [`pod_chain`]).
+    ir_sets: Option<BTreeMap<String, IrSetRef>>,
+}
+
+/// What an `as-`/`asp-` set renders: an IR address set, one family, and
+/// whether its elements carry the protocol and port (`asp-`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IrSetRef {
+    pub ir_name: String,
+    pub fam: Fam,
+    pub ports: bool,
+}
+
+/// One direction's chain of a pod, rendered on its own (see [`pod_chain`]).
+#[derive(Debug, Clone)]
+pub struct PodChain {
+    /// The content name of the chain (`in-…`/`eg-…`).
+    pub name: String,
+    /// The chain and every set its rules use; `as-`/`asp-` sets are headers
+    /// without elements ([`ir_set_elements`] fills them).
+    pub objects: Table,
+    /// What each `as-`/`asp-` set in `objects` stands for.
+    pub ir_sets: BTreeMap<String, IrSetRef>,
+}
+
+/// The chain a pod with IPs `ips` gets for `rules` in direction `dir`, exactly
+/// as [`contribute`] renders it (same content, same name), without the rest of
+/// the table. `None` when the pod has no IP. Content names are computed afresh,
+/// so the (never seen) hash-collision suffix of a full render is not reproduced.
+pub fn pod_chain(
+    dir: Dir,
+    rules: &[IrRule],
+    ips: &[IpAddr],
+    address_sets: &BTreeMap<String, AddressSet>,
+) -> Option<PodChain> {
+    let fams: BTreeSet<Fam> = ips.iter().map(Fam::of).collect();
+    if fams.is_empty() {
+        return None;
+    }
+    let mut objects = Table::new(Family::Inet, super::TABLE_NAME);
+    let mut r = PolicyRenderer {
+        table: &mut objects,
+        address_sets,
+        names: ContentNames::default(),
+        ir_sets: Some(BTreeMap::new()),
+    };
+    let name = r.chain(dir, rules, &fams);
+    let ir_sets = r.ir_sets.take().unwrap_or_default();
+    Some(PodChain {
+        name,
+        objects,
+        ir_sets,
+    })
+}
+
+/// The nft elements of an `as-`/`asp-` set.
+pub fn ir_set_elements(
+    r: &IrSetRef,
+    address_sets: &BTreeMap<String, AddressSet>,
+) -> BTreeMap<ElemKey, ElemValue> {
+    address_sets
+        .get(&r.ir_name)
+        .into_iter()
+        .flat_map(|s| &s.elements)
+        .filter(|e| Fam::of(&e.ip) == r.fam)
+        .filter_map(|e| Some((ir_element_key(r.ports, e)?, ElemValue::default())))
+        .collect()
+}
+
+/// The key of an IR element in an `as-` (`ports` false) or `asp-` set.
+pub fn ir_element_key(ports: bool, e: &AddressSetElement) -> Option<ElemKey> {
+    if !ports {
+        return Some(vec![KeyPart::Value(ip_value(&e.ip))]);
+    }
+    Some(vec![
+        KeyPart::Value(ip_value(&e.ip)),
+        KeyPart::Value(Value::Proto(proto_number(e.protocol?))),
+        KeyPart::Value(Value::Port(e.port?)),
+    ])
+}
+
+/// The key of a pod IP in a dispatch map.
+pub fn ip_key(ip: &IpAddr) -> ElemKey {
+    vec![KeyPart::Value(ip_value(ip))]
+}
+
+/// The dispatch-map element of pod `namespace/name` jumping to `chain`.
+pub fn dispatch_element(namespace: &str, name: &str, chain: &str) -> ElemValue {
+    ElemValue {
+        data: Some(ElemData::Verdict(Verdict::Jump(chain.to_string()))),
+        timeout: None,
+        comment: Some(comment(&format!("{namespace}/{name}"))),
+    }
 }
 
 /// How a rule's `ports` list restricts it.
@@ -308,7 +405,6 @@ impl PolicyRenderer<'_> {
         // A pod's IPs never change, so the families its chains cover do not
         // either: a v4-only pod's chain holds v4 rules only.
         let fams: BTreeSet<Fam> = pod.ips.iter().map(Fam::of).collect();
-        let elem_comment = comment(&format!("{}/{}", pod.namespace, pod.name));
         for (dir, isolated, rules) in [
             (Dir::Ingress, pod.ingress_isolated, &pod.ingress),
             (Dir::Egress, pod.egress_isolated, &pod.egress),
@@ -324,12 +420,8 @@ impl PolicyRenderer<'_> {
                     .get_mut(&dispatch_map(dir, Fam::of(ip)))
                     .expect("dispatch() created every map");
                 map.elements.insert(
-                    vec![KeyPart::Value(ip_value(ip))],
-                    ElemValue {
-                        data: Some(ElemData::Verdict(Verdict::Jump(chain.clone()))),
-                        timeout: None,
-                        comment: Some(elem_comment.clone()),
-                    },
+                    ip_key(ip),
+                    dispatch_element(&pod.namespace, &pod.name, &chain),
                 );
             }
         }
@@ -424,17 +516,35 @@ impl PolicyRenderer<'_> {
         }
     }
 
+    /// The elements of a new `as-`/`asp-` set, or none (recorded for later)
+    /// when rendering a chain alone.
+    fn ir_set(
+        &mut self,
+        nft_name: &str,
+        ir_name: &str,
+        fam: Fam,
+        ports: bool,
+    ) -> BTreeMap<ElemKey, ElemValue> {
+        let r = IrSetRef {
+            ir_name: ir_name.to_string(),
+            fam,
+            ports,
+        };
+        match &mut self.ir_sets {
+            Some(lazy) => {
+                lazy.insert(nft_name.to_string(), r);
+                BTreeMap::new()
+            }
+            None => ir_set_elements(&r, self.address_sets),
+        }
+    }
+
     /// `as-<name>-v4`: the IPs of an IR address set of one family.
     fn address_set(&mut self, ir_name: &str, fam: Fam) -> String {
         let name = ir_object_name("as", ir_name, fam.suffix());
         if !self.table.sets.contains_key(&name) {
             let ir = self.address_sets.get(ir_name);
-            let elements = ir
-                .into_iter()
-                .flat_map(|s| &s.elements)
-                .filter(|e| Fam::of(&e.ip) == fam)
-                .map(|e| (vec![KeyPart::Value(ip_value(&e.ip))], ElemValue::default()))
-                .collect();
+            let elements = self.ir_set(&name, ir_name, fam, false);
             self.table.add_set(Set {
                 name: name.clone(),
                 key: vec![fam.addr_type()],
@@ -452,19 +562,7 @@ impl PolicyRenderer<'_> {
         let name = ir_object_name("asp", ir_name, fam.suffix());
         if !self.table.sets.contains_key(&name) {
             let ir = self.address_sets.get(ir_name);
-            let elements = ir
-                .into_iter()
-                .flat_map(|s| &s.elements)
-                .filter(|e| Fam::of(&e.ip) == fam)
-                .filter_map(|e| {
-                    let key = vec![
-                        KeyPart::Value(ip_value(&e.ip)),
-                        KeyPart::Value(Value::Proto(proto_number(e.protocol?))),
-                        KeyPart::Value(Value::Port(e.port?)),
-                    ];
-                    Some((key, ElemValue::default()))
-                })
-                .collect();
+            let elements = self.ir_set(&name, ir_name, fam, true);
             self.table.add_set(Set {
                 name: name.clone(),
                 key: vec![fam.addr_type(), DataType::InetProto, DataType::InetService],
