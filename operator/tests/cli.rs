@@ -1,7 +1,9 @@
 //! The `kube-nft` binary on the example manifests in tests/data.
 
+mod common;
+use common::kube_nft;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::{json, Value};
 
@@ -11,17 +13,6 @@ fn data(p: &str) -> PathBuf {
         .join(p)
 }
 
-fn kube_nft(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 #[test]
 fn matrix_json_is_the_lab_contract() {

@@ -2,8 +2,10 @@
 //! nodes and pods, policies judged per family, explain asked about the very
 //! addresses probed.
 
+mod common;
+use common::kube_nft;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -137,17 +139,6 @@ impl Drop for TempDir {
     }
 }
 
-fn kube_nft(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 /// `lab run -f MANIFESTS [--scenario FILE] -o json EXTRA…`.
 fn lab_json(manifests: &Path, scenario: Option<&Path>, extra: &[&str]) -> (i32, Value, String) {

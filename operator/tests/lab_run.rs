@@ -1,8 +1,10 @@
 //! `kube-nft lab run` and `kube-nft agent apply` on a real kernel (root): network
 //! namespaces, nftables in each node's namespace, real connections.
 
+mod common;
+use common::kube_nft;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -10,17 +12,6 @@ fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
-fn kube_nft(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 /// `lab run -f examples/ [--scenario FILE] -o json`.
 fn lab_json(scenario: Option<&str>) -> (i32, Value, String) {

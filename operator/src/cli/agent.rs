@@ -4,11 +4,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
 use crate::agent::{dry_run_script, Agent, AgentInput};
-use crate::cluster::load::{load_paths, LoadOptions};
 use crate::policy::compile_node;
 
 #[derive(Debug, Args)]
@@ -49,24 +48,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn apply(args: AgentApplyArgs) -> anyhow::Result<()> {
-    let loaded = load_paths(
-        &args.files,
-        LoadOptions {
-            strict: args.strict,
-        },
-    )
-    .context("loading manifests")?;
-    for p in &loaded.problems {
-        eprintln!(
-            "{}: {p}",
-            if p.warning {
-                "warning"
-            } else {
-                "error (skipped)"
-            }
-        );
-    }
-    let input = AgentInput::for_node(&compile_node(&loaded.cluster, &args.node), &args.node);
+    let cluster = super::load_manifests(&args.files, args.strict)?;
+    let input = AgentInput::for_node(&compile_node(&cluster, &args.node), &args.node);
     let mut out = std::io::stdout().lock();
     if args.dry_run {
         // Diff against what the kernel holds when it can be read; without
@@ -82,9 +65,8 @@ fn apply(args: AgentApplyArgs) -> anyhow::Result<()> {
         write!(out, "{}", dry_run_script(committed.as_ref(), &input))?;
         return Ok(());
     }
-    if input.policy.pods.is_empty() && !loaded.cluster.nodes().contains_key(&args.node) {
-        let known = loaded
-            .cluster
+    if input.policy.pods.is_empty() && !cluster.nodes().contains_key(&args.node) {
+        let known = cluster
             .pods()
             .values()
             .any(|p| crate::cluster::pod_node(p) == Some(args.node.as_str()));

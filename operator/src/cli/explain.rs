@@ -2,11 +2,10 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use super::args::{ExplainArgs, ExplainCommand, Output};
 use super::table;
-use crate::cluster::load::{load_paths, LoadOptions};
 use crate::cluster::Cluster;
 use crate::policy::explain::declared_ports;
 use crate::policy::{explain_flow, explain_pod, matrix_for, Flow};
@@ -66,25 +65,10 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the manifests, reporting skipped documents on stderr.
+/// Loads the manifests given with `-f`.
 fn load(args: &ExplainArgs) -> anyhow::Result<Cluster> {
     if args.files.is_empty() {
         bail!("no manifests given: pass -f PATH (reading a live cluster is not supported yet)");
     }
-    let loaded = load_paths(
-        &args.files,
-        LoadOptions {
-            strict: args.strict,
-        },
-    )
-    .context("loading manifests")?;
-    for p in &loaded.problems {
-        let level = if p.warning {
-            "warning"
-        } else {
-            "error (skipped)"
-        };
-        eprintln!("{level}: {p}");
-    }
-    Ok(loaded.cluster)
+    super::load_manifests(&args.files, args.strict)
 }

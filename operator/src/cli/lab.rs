@@ -9,7 +9,6 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::cluster::load::{load_paths, LoadOptions};
 use crate::lab::run::{run as run_lab, RunOptions};
 use crate::lab::{report, scenario};
 
@@ -78,28 +77,14 @@ fn run_once(args: LabRunArgs) -> anyhow::Result<()> {
             scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
         })
         .transpose()?;
-    let loaded = load_paths(
-        &args.files,
-        LoadOptions {
-            strict: args.strict,
-        },
-    )
-    .context("loading manifests")?;
-    for p in &loaded.problems {
-        let level = if p.warning {
-            "warning"
-        } else {
-            "error (skipped)"
-        };
-        eprintln!("{level}: {p}");
-    }
+    let cluster = super::load_manifests(&args.files, args.strict)?;
     let options = RunOptions {
         nodes: args.nodes,
         pod_cidr: args.pod_cidr,
         pod_cidr_v6: args.pod_cidr_v6,
         timeout: Duration::from_millis(args.timeout_ms),
     };
-    let report = run_lab(loaded.cluster, scenario, &options)?;
+    let report = run_lab(cluster, scenario, &options)?;
     let mut out = std::io::stdout().lock();
     match args.output {
         LabOutput::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
