@@ -599,8 +599,12 @@ pub fn add_pod(
     Ok(lab_pod)
 }
 
-/// Removes a pod from a built lab: its namespace goes, and with it the veth and
-/// the node's route to it. Close the pod's listeners first.
+/// Removes a pod from a built lab: the node's end of its veth (and with it the
+/// pod's end and the node's routes to its addresses), then its namespace.
+///
+/// The veth is deleted explicitly because a namespace outlives its name while a
+/// socket in it is open: were the routes left to the namespace's teardown, a pod
+/// added right after with one of the freed addresses would find them still there.
 pub fn remove_pod(topology: &mut Topology, namespace: &str, name: &str) -> Result<()> {
     let Some(at) = topology
         .pods
@@ -610,6 +614,12 @@ pub fn remove_pod(topology: &mut Topology, namespace: &str, name: &str) -> Resul
         return Ok(());
     };
     let pod = topology.pods.remove(at);
+    let node_side = topology.node(&pod.node).map(|node| IpBatch {
+        netns: Some(node.netns.name.clone()),
+        commands: vec![format!("link del {}", pod.node_iface)],
+        force: false,
+    });
+    run_ip_batches(&node_side.into_iter().collect::<Vec<_>>())?;
     run_ip_batches(&[IpBatch {
         netns: None,
         commands: vec![format!("netns del {}", pod.netns.name)],
