@@ -13,7 +13,6 @@ fn data(p: &str) -> PathBuf {
         .join(p)
 }
 
-
 #[test]
 fn matrix_json_is_the_lab_contract() {
     let basic = data("basic");

@@ -139,7 +139,6 @@ impl Drop for TempDir {
     }
 }
 
-
 /// `lab run -f MANIFESTS [--scenario FILE] -o json EXTRA…`.
 fn lab_json(manifests: &Path, scenario: Option<&Path>, extra: &[&str]) -> (i32, Value, String) {
     let mut args = vec![

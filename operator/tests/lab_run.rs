@@ -12,7 +12,6 @@ fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
-
 /// `lab run -f examples/ [--scenario FILE] -o json`.
 fn lab_json(scenario: Option<&str>) -> (i32, Value, String) {
     let dir = examples();
