@@ -312,10 +312,11 @@ pub fn run(a: PolicyArgs) -> Result<()> {
     let mut renderer = DeltaRenderer::new(dp.committed().context("committed table")?);
     let mut total = Vec::with_capacity(a.relabels);
     let (mut i_compute, mut i_render, mut i_apply) = (Vec::new(), Vec::new(), Vec::new());
-    // Kernel time split: batches that only change address-set elements, and
-    // batches that change a dispatch (verdict map) element, which makes the
-    // kernel re-validate the jump graph of the table on commit.
-    let (mut k_sets, mut k_dispatch) = (Vec::new(), Vec::new());
+    // Kernel time split: batches that only change address-set elements,
+    // batches that change a pod's class (data map) element, and batches that
+    // change a `*-chains` verdict element (a chain comes or goes), which makes
+    // the kernel re-validate the jump graph of the table on commit.
+    let (mut k_sets, mut k_dispatch, mut k_verdict) = (Vec::new(), Vec::new(), Vec::new());
     let (mut msgs, mut member_changes, mut policy_changes, mut new_chains) = (0, 0, 0, 0);
     for _ in 0..a.relabels {
         let pod = relabel(&mut r, index.cluster(), &syn.pods);
@@ -328,13 +329,17 @@ pub fn run(a: PolicyArgs) -> Result<()> {
         let rep = dp.apply_batch(&batch)?;
         let t3 = Instant::now();
         total.push(t3 - t0);
-        let dispatch = batch.ops.iter().any(|op| match op {
-            nft::Op::AddElements { set, .. } | nft::Op::DeleteElements { set, .. } => {
-                set.starts_with("ingress-") || set.starts_with("egress-")
-            }
-            _ => false,
-        });
-        if dispatch {
+        let touches = |f: &dyn Fn(&str) -> bool| {
+            batch.ops.iter().any(|op| match op {
+                nft::Op::AddElements { set, .. } | nft::Op::DeleteElements { set, .. } => f(set),
+                _ => false,
+            })
+        };
+        let verdict = touches(&|s: &str| s.ends_with("-chains"));
+        let dispatch = touches(&|s: &str| s.contains("-class-"));
+        if verdict {
+            k_verdict.push(t3 - t2);
+        } else if dispatch {
             k_dispatch.push(t3 - t2);
         } else {
             k_sets.push(t3 - t2);
@@ -395,10 +400,18 @@ pub fn run(a: PolicyArgs) -> Result<()> {
     );
     row(
         &format!(
-            "    dispatch element change (n={}) p50 / p99",
+            "    class element change (n={}) p50 / p99",
             k_dispatch.len()
         ),
         pair(&k_dispatch),
+        "",
+    );
+    row(
+        &format!(
+            "    chains verdict change (n={}) p50 / p99",
+            k_verdict.len()
+        ),
+        pair(&k_verdict),
         "",
     );
     row(

@@ -530,7 +530,7 @@ pub fn rule_refs(rule: &Rule) -> Refs<'_> {
             Expr::Match {
                 right: Rhs::Set(s), ..
             } => r.sets.push(s),
-            Expr::Vmap { map, .. } => r.sets.push(map),
+            Expr::Vmap { map, .. } | Expr::SetFromMap { map, .. } => r.sets.push(map),
             Expr::Dnat {
                 to: NatTarget::Map { map, .. },
                 ..

@@ -348,7 +348,15 @@ pub enum Expr {
     },
     /// `meta mark set meta mark | bits`: set bits, keep the others.
     SetMarkBits(u32),
-    /// `ct mark set …` is not needed yet; marks live on the packet.
+    /// `ct mark set ip saddr map @m`: look `key` up in the data map `map` (data
+    /// type `mark`) and store the value in `target`, which is [`Field::CtMark`]
+    /// or [`Field::Mark`]. A lookup miss ends the rule, like a failed match: the
+    /// mark keeps its value and later statements of the rule do not run.
+    SetFromMap {
+        target: Field,
+        key: MapKey,
+        map: String,
+    },
     Dnat {
         family: NatFamily,
         to: NatTarget,

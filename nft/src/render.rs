@@ -393,7 +393,7 @@ impl<'a> Hints<'a> {
         for rule in rules {
             for e in &rule.exprs {
                 let (key, map) = match e {
-                    Expr::Vmap { key, map } => (key, map),
+                    Expr::Vmap { key, map } | Expr::SetFromMap { key, map, .. } => (key, map),
                     Expr::Dnat {
                         to: NatTarget::Map { key, map },
                         ..
@@ -666,6 +666,11 @@ impl<'h> Renderer<'h> {
                 Ok(())
             }
             Expr::SetMarkBits(bits) => write!(w, "meta mark set meta mark | {bits:#010x}"),
+            Expr::SetFromMap { target, key, map } => {
+                write!(w, "{} set ", field_name(*target))?;
+                map_key(w, key)?;
+                write!(w, " map @{map}")
+            }
             Expr::Dnat { family, to } => nat(w, "dnat", *family, to),
             Expr::Snat { family, to } => nat(w, "snat", *family, to),
             Expr::Masquerade { fully_random } => {

@@ -174,7 +174,8 @@ fn new_chain_is_created_before_the_vmap_element_naming_it() {
 fn removal_unreferences_before_deleting() {
     let committed = representative();
     let mut desired = committed.clone();
-    // pod-default-web is named by vmap elements, jumps in `misc` and uses peers-1.
+    // pod-default-web is named by vmap elements (`pod-ingress`, `class-chains`),
+    // jumps in `misc` and uses peers-1.
     desired.chains.remove("pod-default-web");
     desired.sets.remove("peers-1");
     desired.sets.remove("peer-ports");
@@ -195,6 +196,13 @@ fn removal_unreferences_before_deleting() {
             .iter()
             .any(|e| matches!(e, Expr::Verdict(Verdict::Jump(_) | Verdict::Goto(_))))
     });
+    // Its class-dispatch element goes too.
+    desired
+        .sets
+        .get_mut("class-chains")
+        .unwrap()
+        .elements
+        .clear();
     let b = roundtrip(&committed, &desired);
     let flush_misc = op_index(&b, |op| *op == Op::FlushChain("misc".into()));
     let del_elems = op_index(

@@ -94,6 +94,11 @@ fn expr_kinds(e: &Expr, out: &mut BTreeSet<&'static str>) {
         Expr::Counter => "Counter",
         Expr::Log { .. } => "Log",
         Expr::SetMarkBits(_) => "SetMarkBits",
+        Expr::SetFromMap { target, key, .. } => {
+            out.insert(field_kind(*target));
+            out.insert(map_key_kind(key));
+            "SetFromMap"
+        }
         Expr::Dnat { to, .. } | Expr::Snat { to, .. } => {
             let target = match to {
                 NatTarget::Addr { .. } => "NatTarget::Addr",
@@ -236,6 +241,7 @@ fn fixture_covers_every_kind() {
         "Counter",
         "Log",
         "SetMarkBits",
+        "SetFromMap",
         "Dnat",
         "Snat",
         "Masquerade",

@@ -150,6 +150,28 @@ pub fn representative() -> Table {
     marks.elements = BTreeMap::from([(vec![val(Value::Mark(0x4000))], plain())]);
     t.add_set(marks);
 
+    // Class dispatch: pod IP → class id (`mark`), class id → chain.
+    let mut class = set(
+        "pod-class",
+        &[D::Ipv4Addr],
+        Some(SetData::Values(vec![D::Mark])),
+    );
+    class.elements = BTreeMap::from([(
+        vec![val(v4("10.244.1.2"))],
+        ElemValue {
+            data: Some(ElemData::Values(vec![Value::Mark(0x8000_0001)])),
+            timeout: None,
+            comment: Some("default/web-0".into()),
+        },
+    )]);
+    t.add_set(class);
+    let mut class_chains = set("class-chains", &[D::Mark], Some(SetData::Verdict));
+    class_chains.elements = BTreeMap::from([(
+        vec![val(Value::Mark(0x8000_0001))],
+        verdict(Verdict::Jump("pod-default-web".into())),
+    )]);
+    t.add_set(class_chains);
+
     let mut pods = set("pod-ingress", &[D::Ipv4Addr], Some(SetData::Verdict));
     pods.flags.timeout = true;
     pods.timeout = Some(Duration::from_secs(3 * 3600));
@@ -313,6 +335,23 @@ pub fn representative() -> Table {
             map: "pod-ingress".into(),
         }])
         .with_comment("dispatch to per-pod ingress chains"),
+        Rule::new(vec![
+            Expr::SetFromMap {
+                target: CtMark,
+                key: MapKey::Fields(vec![IpSaddr]),
+                map: "pod-class".into(),
+            },
+            Expr::Vmap {
+                key: MapKey::Fields(vec![CtMark]),
+                map: "class-chains".into(),
+            },
+        ])
+        .with_comment("dispatch by class id"),
+        Rule::new(vec![Expr::SetFromMap {
+            target: Mark,
+            key: MapKey::Fields(vec![IpDaddr]),
+            map: "pod-class".into(),
+        }]),
         Rule::new(vec![
             m(&[Mark], Eq, Rhs::Bits(0x4000)),
             Expr::Verdict(Verdict::Accept),

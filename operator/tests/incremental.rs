@@ -269,7 +269,7 @@ proptest! {
 }
 
 #[test]
-fn a_relabel_only_touches_elements_and_dispatch() {
+fn a_relabel_only_touches_elements_and_class_maps() {
     // Two namespaces; one policy lets app=web in from app=api. Relabelling a
     // pod from api to db moves it out of the peer set, and because no policy
     // selects api or db differently, its own chain stays.
@@ -321,7 +321,7 @@ fn a_relabel_only_touches_elements_and_dispatch() {
         b
     };
     let added = step(relabel("api"));
-    // New pod: one element into the peer set, one dispatch element.
+    // New pod: one element into the peer set, one class-map element.
     assert!(
         added
             .ops
@@ -341,6 +341,47 @@ fn a_relabel_only_touches_elements_and_dispatch() {
         .collect();
     assert_eq!(kinds.len(), 1, "{kinds:?}");
     assert!(kinds[0].starts_with("del as-peer-"), "{kinds:?}");
+}
+
+/// A class id that the committed table gives another chain (what a full
+/// render does after an id collision) cannot be reproduced incrementally: the
+/// delta renderer asks for a full sync instead of dispatching into that chain.
+#[test]
+fn class_id_owned_by_another_chain_needs_a_full_sync() {
+    let mut c = Cluster::new();
+    c.insert(node("node-1", "172.18.0.2")).unwrap();
+    let deny = json!({"metadata": {"name": "deny", "namespace": "ns0"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}});
+    c.insert(Object::NetworkPolicy(serde_json::from_value(deny).unwrap()))
+        .unwrap();
+    let pod = |name: &str, ip: &str| {
+        let v = json!({
+            "metadata": {"name": name, "namespace": "ns0"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": ip}
+        });
+        Event::PodUpsert(serde_json::from_value(v).unwrap())
+    };
+    let mut index = Index::new(c, Some("node-1"));
+    index.apply(pod("p9", "10.0.0.99")).unwrap();
+    let mut committed = render_policy(&share(index.ir(), "node-1"), &index.ir().address_sets);
+    // The pod's chain's id now names another chain.
+    let chains = committed.sets.get_mut("ingress-chains").unwrap();
+    assert_eq!(chains.elements.len(), 1);
+    let v = chains.elements.values_mut().next().unwrap();
+    v.data = Some(nft::ElemData::Verdict(nft::Verdict::Jump(
+        "in-other".into(),
+    )));
+    let mut renderer = DeltaRenderer::new(&committed);
+    // A second pod joins the same (deny) chain.
+    let delta = index.apply(pod("p10", "10.0.0.100")).unwrap();
+    let err = renderer
+        .render(&committed, "node-1", &delta, &index.ir().address_sets)
+        .unwrap_err();
+    assert!(
+        matches!(err, kube_nft::render::delta::DeltaError::ClassCollision(_)),
+        "{err}"
+    );
 }
 
 #[test]

@@ -244,8 +244,10 @@ fn agent_dry_run_prints_the_nft_script() {
         "add chain inet kube-nft input",
         "add chain inet kube-nft in-",
         "add chain inet kube-nft eg-",
-        "ingress-v4",
-        "egress-v4",
+        "ingress-class-v4",
+        "egress-class-v4",
+        "ingress-chains",
+        "egress-chains",
     ] {
         assert!(out.contains(chain), "missing {chain}:\n{out}");
     }

@@ -201,13 +201,71 @@ fn policy_chains(t: &Table) -> Vec<&nft::Chain> {
     t.chains.values().filter(|c| c.base.is_none()).collect()
 }
 
-/// The chain the `dir-fam` map sends `ip` to.
+/// The chain the class map `map` (`<dir>-class-<fam>`) sends `ip` to: its class
+/// id, then that id's element in `<dir>-chains`.
 fn chain_of(t: &Table, map: &str, ip: &str) -> Option<String> {
     let key = vec![KeyPart::Value(ip_value(ip))];
-    match &t.sets[map].elements.get(&key)?.data {
-        Some(ElemData::Verdict(Verdict::Jump(c))) => Some(c.clone()),
+    let class = match &t.sets[map].elements.get(&key)?.data {
+        Some(ElemData::Values(v)) => match v.as_slice() {
+            [Value::Mark(c)] => *c,
+            other => panic!("unexpected class data {other:?}"),
+        },
         other => panic!("unexpected map data {other:?}"),
+    };
+    let dir = map.split("-class-").next().unwrap();
+    let chains = &t.sets[&format!("{dir}-chains")];
+    match &chains.elements[&vec![KeyPart::Value(Value::Mark(class))]].data {
+        Some(ElemData::Verdict(Verdict::Jump(c))) => Some(c.clone()),
+        other => panic!("unexpected chains data {other:?}"),
     }
+}
+
+/// The class id of policy chain `chain`: the key of its `<dir>-chains` element.
+fn chain_class(t: &Table, chain: &str) -> u32 {
+    let map = if chain.starts_with("in-") {
+        "ingress-chains"
+    } else {
+        "egress-chains"
+    };
+    let found: Vec<u32> = t.sets[map]
+        .elements
+        .iter()
+        .filter(|(_, v)| v.data == Some(ElemData::Verdict(Verdict::Jump(chain.into()))))
+        .map(|(k, _)| match k.as_slice() {
+            [KeyPart::Value(Value::Mark(c))] => *c,
+            other => panic!("unexpected chains key {other:?}"),
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{chain}: {found:?}");
+    found[0]
+}
+
+/// The `<dir>-chains` element of `chain` in `t`, added.
+fn chain_added(t: &Table, chain: &str) -> Op {
+    let (map, key) = chain_key(t, chain);
+    Op::AddElements {
+        elements: vec![(key.clone(), t.sets[&map].elements[&key].clone())],
+        set: map,
+    }
+}
+
+/// The `<dir>-chains` element of `chain` in `t`, deleted.
+fn chain_deleted(t: &Table, chain: &str) -> Op {
+    let (set, key) = chain_key(t, chain);
+    Op::DeleteElements {
+        set,
+        keys: vec![key],
+    }
+}
+
+fn chain_key(t: &Table, chain: &str) -> (String, Vec<KeyPart>) {
+    let dir = if chain.starts_with("in-") {
+        "ingress"
+    } else {
+        "egress"
+    };
+    let key = vec![KeyPart::Value(Value::Mark(chain_class(t, chain)))];
+    (format!("{dir}-chains"), key)
 }
 
 fn ip_value(ip: &str) -> Value {
@@ -225,12 +283,21 @@ fn empty_node_renders_the_skeleton() {
         chain_names(&t),
         ["forward", "input"].map(String::from).into()
     );
-    for m in ["ingress-v4", "ingress-v6", "egress-v4", "egress-v6"] {
+    for m in [
+        "ingress-class-v4",
+        "ingress-class-v6",
+        "egress-class-v4",
+        "egress-class-v6",
+        "ingress-chains",
+        "egress-chains",
+    ] {
         assert!(t.sets[m].elements.is_empty());
     }
     let text = render_text(&t);
-    assert!(text.contains("ip saddr != @node-addrs-v4 ip daddr vmap @ingress-v4"));
-    assert!(text.contains("ip6 saddr vmap @egress-v6"));
+    assert!(text.contains("ip saddr != @node-addrs-v4 ct mark set ip daddr map @ingress-class-v4"));
+    assert!(text.contains("ct mark vmap @ingress-chains"));
+    assert!(text.contains("ct mark set ip6 saddr map @egress-class-v6"));
+    assert!(text.contains("ct mark vmap @egress-chains"));
     assert!(text.contains("elements = { 192.168.0.1 }"));
 }
 
@@ -240,20 +307,23 @@ fn default_deny_and_allow() {
     assert_loads(&t);
     let text = render_text(&t);
     // web: deny-all + allow-web on ingress; client/other: deny-all only.
-    let web = chain_of(&t, "ingress-v4", "10.0.1.10").unwrap();
-    let client = chain_of(&t, "ingress-v4", "10.0.1.11").unwrap();
+    let web = chain_of(&t, "ingress-class-v4", "10.0.1.10").unwrap();
+    let client = chain_of(&t, "ingress-class-v4", "10.0.1.11").unwrap();
     assert_eq!(
         Some(&client),
-        chain_of(&t, "ingress-v4", "10.0.1.12").as_ref()
+        chain_of(&t, "ingress-class-v4", "10.0.1.12").as_ref()
     );
     assert_ne!(web, client);
     assert!(web.starts_with("in-") && client.starts_with("in-"));
     // mon/prom is not isolated.
-    assert_eq!(chain_of(&t, "ingress-v4", "10.0.1.20"), None);
-    assert_eq!(chain_of(&t, "egress-v4", "10.0.1.20"), None);
+    assert_eq!(chain_of(&t, "ingress-class-v4", "10.0.1.20"), None);
+    assert_eq!(chain_of(&t, "egress-class-v4", "10.0.1.20"), None);
     // Egress: all demo pods share one chain allowing DNS.
-    let eg = chain_of(&t, "egress-v4", "10.0.1.10").unwrap();
-    assert_eq!(Some(&eg), chain_of(&t, "egress-v4", "10.0.1.11").as_ref());
+    let eg = chain_of(&t, "egress-class-v4", "10.0.1.10").unwrap();
+    assert_eq!(
+        Some(&eg),
+        chain_of(&t, "egress-class-v4", "10.0.1.11").as_ref()
+    );
     assert_eq!(policy_chains(&t).len(), 3, "{text}");
 
     let web_chain = &t.chains[&web];
@@ -261,9 +331,15 @@ fn default_deny_and_allow() {
         web_chain.comment.as_deref(),
         Some("ingress: NetworkPolicy demo/allow-web")
     );
+    // The pod's class id, and that id's one verdict element naming the chain.
     let web_text = render_text(&t);
+    let web_class = chain_class(&t, &web);
     assert!(
-        web_text.contains("comment \"demo/web\" : jump in-"),
+        web_text.contains(&format!("comment \"demo/web\" : {web_class:#010x}")),
+        "{web_text}"
+    );
+    assert!(
+        web_text.contains(&format!("{web_class:#010x} comment \"{web}\" : jump {web}")),
         "{web_text}"
     );
     let rule = nft::render::render_rule(nft::Family::Inet, &web_chain.rules[0]);
@@ -379,10 +455,10 @@ fn named_ports_and_ipv6() {
     let text = render_text(&t);
     // Ingress named ports resolve per pod: web and web2 get different chains,
     // and each chain serves both of its pod's addresses.
-    let web = chain_of(&t, "ingress-v4", "10.0.1.10").unwrap();
-    let web2 = chain_of(&t, "ingress-v4", "10.0.1.13").unwrap();
+    let web = chain_of(&t, "ingress-class-v4", "10.0.1.10").unwrap();
+    let web2 = chain_of(&t, "ingress-class-v4", "10.0.1.13").unwrap();
     assert_ne!(web, web2);
-    assert_eq!(chain_of(&t, "ingress-v6", "fd00:10::10"), Some(web));
+    assert_eq!(chain_of(&t, "ingress-class-v6", "fd00:10::10"), Some(web));
     assert!(
         text.contains("meta l4proto tcp th dport 8080 accept"),
         "{text}"
@@ -403,9 +479,9 @@ fn named_ports_and_ipv6() {
     assert!(text.contains("fd00:10::10 . tcp . 9090"), "{text}");
     assert!(text.contains("ip6 daddr @as-peer-"), "{text}");
     // A dual-stack pod has one chain per direction, reached from both maps.
-    let client = chain_of(&t, "egress-v4", "10.0.1.11");
+    let client = chain_of(&t, "egress-class-v4", "10.0.1.11");
     assert!(client.is_some());
-    assert_eq!(chain_of(&t, "egress-v6", "fd00:10::11"), client);
+    assert_eq!(chain_of(&t, "egress-class-v6", "fd00:10::11"), client);
 }
 
 #[test]
@@ -430,8 +506,8 @@ fn many_pods_share_chains() {
     // One ingress and one egress chain for 1,000 pods, plus the base chains.
     assert_eq!(t.chains.len(), 4, "{:?}", chain_names(&t));
     assert_eq!(small.chains.len(), 2);
-    assert_eq!(t.sets["ingress-v4"].elements.len(), 1000);
-    assert_eq!(t.sets["egress-v4"].elements.len(), 1000);
+    assert_eq!(t.sets["ingress-class-v4"].elements.len(), 1000);
+    assert_eq!(t.sets["egress-class-v4"].elements.len(), 1000);
 }
 
 // ---------------------------------------------------------------------------
@@ -501,8 +577,8 @@ fn pod_added_adds_elements_only() {
         diff(Some(&old), &new),
         batch(vec![
             added(&new, &peers, "10.0.1.14"),
-            added(&new, "egress-v4", "10.0.1.14"),
-            added(&new, "ingress-v4", "10.0.1.14"),
+            added(&new, "egress-class-v4", "10.0.1.14"),
+            added(&new, "ingress-class-v4", "10.0.1.14"),
         ])
     );
     // The new pod joined existing chains.
@@ -531,15 +607,19 @@ fn pod_relabelled_into_and_out_of_selectors() {
     );
 
     // demo/other → app=web: now selected by allow-web: its ingress element moves
-    // to the (existing) web chain. Exactly one vmap element changes.
+    // to the (existing) web chain. Exactly one class-map (data) element changes;
+    // no verdict element does.
     let web = relabel(json!({"app": "web"}));
-    let web_chain = chain_of(&old, "ingress-v4", "10.0.1.10").unwrap();
-    assert_eq!(chain_of(&web, "ingress-v4", "10.0.1.12"), Some(web_chain));
+    let web_chain = chain_of(&old, "ingress-class-v4", "10.0.1.10").unwrap();
+    assert_eq!(
+        chain_of(&web, "ingress-class-v4", "10.0.1.12"),
+        Some(web_chain)
+    );
     assert_eq!(
         diff(Some(&old), &web),
         batch(vec![
-            deleted("ingress-v4", "10.0.1.12"),
-            added(&web, "ingress-v4", "10.0.1.12"),
+            deleted("ingress-class-v4", "10.0.1.12"),
+            added(&web, "ingress-class-v4", "10.0.1.12"),
         ])
     );
 }
@@ -602,9 +682,9 @@ fn assert_only_changed_chains(old: &Table, new: &Table) -> (BTreeSet<String>, BT
 #[test]
 fn policy_created_changed_deleted_touch_only_affected_chains() {
     let old = render(&cluster(&base_objects()));
-    let eg = chain_of(&old, "egress-v4", "10.0.1.10").unwrap();
-    let web_in = chain_of(&old, "ingress-v4", "10.0.1.10").unwrap();
-    let deny_in = chain_of(&old, "ingress-v4", "10.0.1.11").unwrap();
+    let eg = chain_of(&old, "egress-class-v4", "10.0.1.10").unwrap();
+    let web_in = chain_of(&old, "ingress-class-v4", "10.0.1.10").unwrap();
+    let deny_in = chain_of(&old, "ingress-class-v4", "10.0.1.11").unwrap();
 
     // Created: web may also be reached from mon. Only web's ingress chain is
     // replaced; the shared deny chain and the egress chain are untouched.
@@ -630,11 +710,13 @@ fn policy_created_changed_deleted_touch_only_affected_chains() {
             [
                 vec![
                     Op::FlushChain(web_in.clone()),
-                    deleted("ingress-v4", "10.0.1.10"),
+                    chain_deleted(&old, &web_in),
+                    deleted("ingress-class-v4", "10.0.1.10"),
                     Op::DeleteChain(web_in.clone()),
                     Op::AddSet(nft::diff::header_of_set(&created.sets[&new_set])),
                     Op::AddChain(nft::diff::header_of_chain(&created.chains[&new_web])),
-                    added(&created, "ingress-v4", "10.0.1.10"),
+                    chain_added(&created, &new_web),
+                    added(&created, "ingress-class-v4", "10.0.1.10"),
                     added(&created, &new_set, "10.0.1.20"),
                 ],
                 created.chains[&new_web]
@@ -805,7 +887,7 @@ fn ir_edge_cases() {
         "{text}"
     );
     assert!(text.contains("meta l4proto sctp accept"), "{text}");
-    let b = chain_of(&t, "ingress-v4", "10.0.0.2").unwrap();
+    let b = chain_of(&t, "ingress-class-v4", "10.0.0.2").unwrap();
     let rules: Vec<String> = t.chains[&b]
         .rules
         .iter()
@@ -817,7 +899,7 @@ fn ir_edge_cases() {
         "{rules:?}"
     );
     assert!(t.sets["as-missing-v4"].elements.is_empty());
-    let c = chain_of(&t, "ingress-v6", "fd00::2").unwrap();
+    let c = chain_of(&t, "ingress-class-v6", "fd00::2").unwrap();
     let c_rule = nft::render::render_rule(nft::Family::Inet, &t.chains[&c].rules[0]);
     assert!(c_rule.starts_with("ip6 saddr @asx-"), "{c_rule}");
     // The v6-only pod's chain uses only the v6 half of the set.

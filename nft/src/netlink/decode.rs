@@ -170,7 +170,28 @@ pub(crate) fn decode_rule(family: Family, vms: &[Vm]) -> R<Vec<Expr>> {
                 Some(Src::MarkOr(bits)) if *key == NFT_META_MARK => {
                     out.push(Expr::SetMarkBits(bits))
                 }
-                _ => return Err(step("only `meta mark set meta mark | bits`".into())),
+                Some(Src::MapData(key_, map)) if *key == NFT_META_MARK => {
+                    out.push(Expr::SetFromMap {
+                        target: Field::Mark,
+                        key: key_,
+                        map,
+                    })
+                }
+                _ => {
+                    return Err(step(
+                        "only `meta mark set meta mark | bits` and `meta mark set … map @m`".into(),
+                    ))
+                }
+            },
+            Vm::CtSet { key, sreg } => match regs.one(*sreg) {
+                Some(Src::MapData(key_, map)) if *key == NFT_CT_MARK => {
+                    out.push(Expr::SetFromMap {
+                        target: Field::CtMark,
+                        key: key_,
+                        map,
+                    })
+                }
+                _ => return Err(step("only `ct mark set … map @m`".into())),
             },
             Vm::Cmp { sreg, op, data } => {
                 let op = match *op {

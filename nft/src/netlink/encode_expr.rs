@@ -62,6 +62,7 @@ fn expr_name(e: &Expr) -> &'static str {
         Expr::Counter => "counter",
         Expr::Log { .. } => "log",
         Expr::SetMarkBits(_) => "meta mark set",
+        Expr::SetFromMap { .. } => "mark set from map",
         Expr::Dnat { .. } => "dnat",
         Expr::Snat { .. } => "snat",
         Expr::Masquerade { .. } => "masquerade",
@@ -117,6 +118,29 @@ impl RuleEncoder<'_> {
                     key: NFT_META_MARK,
                     sreg: NFT_REG_1,
                 });
+                Ok(())
+            }
+            Expr::SetFromMap { target, key, map } => {
+                let set = match target {
+                    Field::CtMark => Vm::CtSet {
+                        key: NFT_CT_MARK,
+                        sreg: NFT_REG_1,
+                    },
+                    Field::Mark => Vm::MetaSet {
+                        key: NFT_META_MARK,
+                        sreg: NFT_REG_1,
+                    },
+                    f => return Err(format!("cannot set {f:?}: only ct mark and meta mark")),
+                };
+                let sreg = self.map_key(key)?;
+                check_name(map)?;
+                self.out.push(Vm::Lookup {
+                    sreg,
+                    dreg: Some(NFT_REG_1),
+                    set: map.clone(),
+                    inv: false,
+                });
+                self.out.push(set);
                 Ok(())
             }
             Expr::Dnat { family, to } => self.nat(NFT_NAT_DNAT, *family, to),

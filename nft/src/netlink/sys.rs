@@ -394,6 +394,11 @@ pub(crate) fn expr_of(vm: &Vm) -> NlExpr {
             e.u32(NFTNL_EXPR_CT_KEY, *key)
                 .u32(NFTNL_EXPR_CT_DREG, *dreg);
         }
+        Vm::CtSet { key, sreg } => {
+            e = NlExpr::new("ct");
+            e.u32(NFTNL_EXPR_CT_KEY, *key)
+                .u32(NFTNL_EXPR_CT_SREG, *sreg);
+        }
         Vm::Fib {
             flags,
             result,
@@ -575,6 +580,15 @@ fn vm_of(e: ExprRef<'_>) -> Vm {
             Vm::Ct {
                 key: e.u32_or0(NFTNL_EXPR_CT_KEY),
                 dreg: e.u32_or0(NFTNL_EXPR_CT_DREG),
+            }
+        }
+        "ct" if e.u32(NFTNL_EXPR_CT_DIR).is_none()
+            && e.u32(NFTNL_EXPR_CT_DREG).is_none()
+            && e.u32(NFTNL_EXPR_CT_SREG).is_some() =>
+        {
+            Vm::CtSet {
+                key: e.u32_or0(NFTNL_EXPR_CT_KEY),
+                sreg: e.u32_or0(NFTNL_EXPR_CT_SREG),
             }
         }
         "fib" => Vm::Fib {

@@ -32,6 +32,10 @@ pub(crate) enum Vm {
         key: u32,
         dreg: u32,
     },
+    CtSet {
+        key: u32,
+        sreg: u32,
+    },
     Fib {
         flags: u32,
         result: u32,

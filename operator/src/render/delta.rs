@@ -8,25 +8,31 @@
 //! - A pod whose rule list changed gets its chain rendered alone
 //!   ([`pod_chain`], the same code as the full render) and named by its
 //!   content: when the committed table has that chain, only the pod's
-//!   dispatch-map elements change (delete + add); otherwise the chain (and any
-//!   set it uses that the table lacks) is added first.
-//! - Reference counts (dispatch elements per chain, rules per set) say when a
+//!   class-map elements change (delete + add of data elements: no verdict, so
+//!   no jump-graph validation in the kernel); otherwise the chain (and any set
+//!   it uses that the table lacks) is added first, with its one
+//!   `*-chains` verdict element.
+//! - Reference counts (class-map elements per chain, rules per set) say when a
 //!   chain or set is no longer used; it is then removed, after its users.
+//! - A class id the committed table gives another chain (a collision the full
+//!   render resolves by renaming, see [`super::policy`]) is a
+//!   [`DeltaError::ClassCollision`]: the caller falls back to a full sync.
 //!
 //! Order inside the batch: new sets (with elements), new chains (headers, then
-//! rules), element changes of existing sets, dispatch-map element deletes then
-//! adds, then unused chains (flush, delete) and unused sets.
+//! rules), their `*-chains` elements, element changes of existing sets,
+//! class-map element deletes then adds, then the `*-chains` elements of unused
+//! chains, the chains (flush, delete) and unused sets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kube_nft_crds::ir::{AddressSet, PodPolicy};
 use nft::diff::{elem_chain_ref, header_of_chain, header_of_set, rule_refs};
-use nft::{Batch, ElemKey, ElemValue, Op, SetData, Table};
+use nft::{Batch, ElemKey, ElemValue, Op, Table};
 
 use super::names::ir_object_name;
 use super::policy::{
-    dispatch_element, dispatch_map, ip_key, ir_element_key, ir_set_elements, pod_chain, Dir, Fam,
-    PodChain,
+    chain_dir, chains_element, chains_map, class_element, class_id, class_key, class_map,
+    element_class, ip_key, ir_element_key, ir_set_elements, pod_chain, Dir, Fam, PodChain,
 };
 use crate::policy::incremental::IrDelta;
 
@@ -40,6 +46,11 @@ pub enum DeltaError {
     ChainContent(String),
     #[error("the committed table has no dispatch map {0}; a full sync is needed")]
     NoDispatchMap(String),
+    #[error(
+        "chain {0} has no class id of its own (id collision or invalid id); \
+         a full sync is needed"
+    )]
+    ClassCollision(String),
 }
 
 /// Reference counts over the committed table, kept in step with the batches
@@ -50,7 +61,7 @@ pub enum DeltaError {
 /// [`DeltaRenderer::new`] from the committed table.
 #[derive(Debug, Clone, Default)]
 pub struct DeltaRenderer {
-    /// Dispatch-map elements jumping to each chain.
+    /// Class-map elements holding the class id of each chain.
     chain_refs: HashMap<String, usize>,
     /// Rules naming each set.
     set_refs: HashMap<String, usize>,
@@ -67,10 +78,13 @@ impl DeltaRenderer {
     /// Counts the references in `committed` (one pass over the table).
     pub fn new(committed: &Table) -> DeltaRenderer {
         let mut r = DeltaRenderer::default();
-        for s in committed.sets.values() {
-            if s.data == Some(SetData::Verdict) {
+        for dir in [Dir::Ingress, Dir::Egress] {
+            for fam in Fam::ALL {
+                let Some(s) = committed.sets.get(&class_map(dir, fam)) else {
+                    continue;
+                };
                 for v in s.elements.values() {
-                    if let Some(c) = elem_chain_ref(v) {
+                    if let Some(c) = element_class(v).and_then(|c| chain_of(committed, dir, c)) {
                         *r.chain_refs.entry(c.to_string()).or_insert(0) += 1;
                     }
                 }
@@ -101,6 +115,8 @@ impl DeltaRenderer {
         let mut new_chains: BTreeMap<String, PodChain> = BTreeMap::new();
         let mut map_dels: BTreeMap<String, Vec<ElemKey>> = BTreeMap::new();
         let mut map_adds: BTreeMap<String, Vec<(ElemKey, ElemValue)>> = BTreeMap::new();
+        // Class ids of the chains this batch adds: (egress, id) → chain.
+        let mut new_classes: BTreeMap<(bool, u32), String> = BTreeMap::new();
 
         // 1. Pods: their chains and dispatch elements.
         for pd in delta.pods.values() {
@@ -110,7 +126,7 @@ impl DeltaRenderer {
                 let mut before: BTreeMap<(String, ElemKey), ElemValue> = BTreeMap::new();
                 if let Some(pp) = old.filter(|p| isolated(p, dir)) {
                     for ip in &pp.ips {
-                        let map = dispatch_map(dir, Fam::of(ip));
+                        let map = class_map(dir, Fam::of(ip));
                         let set = committed
                             .sets
                             .get(&map)
@@ -134,12 +150,41 @@ impl DeltaRenderer {
                                 return Err(DeltaError::ChainContent(pc.name));
                             }
                         }
+                        let Some(class) = pc.class else {
+                            return Err(DeltaError::ClassCollision(pc.name));
+                        };
+                        // The id must be this chain's in the committed table (or
+                        // free, for a new chain), and not another new chain's.
+                        let chains = chains_map(dir);
+                        let owner = committed
+                            .sets
+                            .get(&chains)
+                            .ok_or_else(|| DeltaError::NoDispatchMap(chains.clone()))?
+                            .elements
+                            .get(&class_key(class))
+                            .and_then(elem_chain_ref);
+                        let exists = committed.chains.contains_key(&pc.name);
+                        let ok = match owner {
+                            Some(o) => o == pc.name,
+                            None => !exists,
+                        };
+                        let new_owner = new_classes.entry((dir == Dir::Egress, class));
+                        let new_ok = match &new_owner {
+                            std::collections::btree_map::Entry::Occupied(o) => *o.get() == pc.name,
+                            std::collections::btree_map::Entry::Vacant(_) => true,
+                        };
+                        if !ok || !new_ok {
+                            return Err(DeltaError::ClassCollision(pc.name));
+                        }
+                        if !exists {
+                            new_owner.or_insert_with(|| pc.name.clone());
+                        }
                         for ip in &pp.ips {
-                            let map = dispatch_map(dir, Fam::of(ip));
-                            let v = dispatch_element(&pp.namespace, &pp.name, &pc.name);
+                            let map = class_map(dir, Fam::of(ip));
+                            let v = class_element(&pp.namespace, &pp.name, class);
                             after.insert((map, ip_key(ip)), v);
                         }
-                        if !committed.chains.contains_key(&pc.name) {
+                        if !exists {
                             new_chains.entry(pc.name.clone()).or_insert(pc);
                         }
                     }
@@ -147,15 +192,23 @@ impl DeltaRenderer {
                 for (k, v) in &before {
                     if after.get(k) != Some(v) {
                         map_dels.entry(k.0.clone()).or_default().push(k.1.clone());
-                        if let Some(c) = elem_chain_ref(v) {
+                        if let Some(c) = element_class(v).and_then(|c| chain_of(committed, dir, c))
+                        {
                             *changes.chains.entry(c.to_string()).or_insert(0) -= 1;
                         }
                     }
                 }
                 for (k, v) in after {
                     if before.get(&k) != Some(&v) {
-                        if let Some(c) = elem_chain_ref(&v) {
-                            *changes.chains.entry(c.to_string()).or_insert(0) += 1;
+                        // `after` holds only this pod's chain, new or committed.
+                        let class = element_class(&v);
+                        let c = class.and_then(|c| {
+                            chain_of(committed, dir, c)
+                                .map(str::to_string)
+                                .or_else(|| new_classes.get(&(dir == Dir::Egress, c)).cloned())
+                        });
+                        if let Some(c) = c {
+                            *changes.chains.entry(c).or_insert(0) += 1;
                         }
                         map_adds.entry(k.0).or_default().push((k.1, v));
                     }
@@ -236,6 +289,22 @@ impl DeltaRenderer {
                 });
             }
         }
+        // Their `*-chains` elements: the only verdict elements a batch adds.
+        let chains_elements = |names: &[String]| {
+            let mut by_map: BTreeMap<String, Vec<(ElemKey, ElemValue)>> = BTreeMap::new();
+            for name in names {
+                let dir = chain_dir(name).expect("a policy chain is in- or eg-");
+                let class = class_id(dir, name).expect("checked when the chain was chosen");
+                by_map
+                    .entry(chains_map(dir))
+                    .or_default()
+                    .push((class_key(class), chains_element(name)));
+            }
+            by_map
+        };
+        for (set, elements) in chains_elements(&add_chains) {
+            b.ops.push(Op::AddElements { set, elements });
+        }
         // 5. Element changes of surviving address sets.
         for (ir_name, sd) in &delta.sets {
             if sd.deleted {
@@ -306,14 +375,21 @@ impl DeltaRenderer {
                 }
             }
         }
-        // 6. Dispatch maps: deletes, then adds (their chains exist by now).
+        // 6. Class maps: deletes, then adds (their chains exist by now).
         for (set, keys) in map_dels {
             b.ops.push(Op::DeleteElements { set, keys });
         }
         for (set, elements) in map_adds {
             b.ops.push(Op::AddElements { set, elements });
         }
-        // 7. What nothing uses any more: chains, then the sets they used.
+        // 7. What nothing uses any more: `*-chains` elements, chains, then the
+        // sets they used.
+        for (set, elements) in chains_elements(&dying_chains) {
+            b.ops.push(Op::DeleteElements {
+                set,
+                keys: elements.into_iter().map(|(k, _)| k).collect(),
+            });
+        }
         for name in &dying_chains {
             if !committed.chains[name].rules.is_empty() {
                 b.ops.push(Op::FlushChain(name.clone()));
@@ -335,6 +411,16 @@ impl DeltaRenderer {
         }
         Ok(b)
     }
+}
+
+/// The chain class `class` of direction `dir` dispatches to in `committed`.
+fn chain_of(committed: &Table, dir: Dir, class: u32) -> Option<&str> {
+    committed
+        .sets
+        .get(&chains_map(dir))?
+        .elements
+        .get(&class_key(class))
+        .and_then(elem_chain_ref)
 }
 
 fn bump(counts: &mut HashMap<String, usize>, name: String, d: isize) {

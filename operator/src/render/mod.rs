@@ -13,17 +13,25 @@
 //! forward (filter, hook forward, priority 0, policy accept)   after Service DNAT
 //!   ct state established,related accept
 //!   ct state invalid drop
-//!   ip saddr vmap @egress-v4            ; ip6 saddr vmap @egress-v6
-//!   ip saddr != @node-addrs-v4 ip daddr vmap @ingress-v4     ; same for ip6
+//!   ct mark set ip saddr map @egress-class-v4               ; same for ip6
+//!   ct mark vmap @egress-chains
+//!   ip saddr != @node-addrs-v4 ct mark set ip daddr map @ingress-class-v4   ; same for ip6
+//!   ct mark vmap @ingress-chains
 //! input (filter, hook input, priority 0, policy accept)       pod → this node
 //!   ct state established,related accept
 //!   ct state untracked accept           (IPv6 neighbour discovery, MLD)
-//!   ip saddr vmap @egress-v4            ; ip6 saddr vmap @egress-v6
+//!   ct mark set ip saddr map @egress-class-v4               ; same for ip6
+//!   ct mark vmap @egress-chains
 //! in-<hash> / eg-<hash>                 one per distinct rule list, shared by pods
 //!   ip saddr @as-peer-…-v4 meta l4proto tcp th dport 80 accept   (egress: return)
 //!   counter drop
 //! ```
 //!
+//! - Dispatch is by class id: `*-class-v4/-v6` map a pod IP to the class id of
+//!   its chain (stored in the conntrack mark), `ingress-chains`/`egress-chains`
+//!   map the id to `jump <chain>`, one verdict element per chain, so moving a pod
+//!   between existing chains changes no verdict element (see [`policy`] for why
+//!   and for the use of the ct mark).
 //! - Pods not isolated in a direction have no element in that direction's map,
 //!   and traffic of pods on other nodes never matches either map: policy accept.
 //! - An egress chain allows with `return`, so a same-node destination's ingress
@@ -54,10 +62,15 @@
 //!         comment "namespace=demo;pods=role=client"
 //!         elements = { 10.0.1.11 }
 //!     }
-//!     map ingress-v4 {
-//!         type ipv4_addr : verdict
-//!         elements = { 10.0.1.10 comment "demo/web" : jump in-0f3c94c9d0ed2740,
-//!                      10.0.1.11 comment "demo/client" : jump in-cc1439ddcfbf0533 }
+//!     map ingress-chains {
+//!         type mark : verdict
+//!         elements = { 0x61a5285a comment "in-0f3c94c9d0ed2740" : jump in-0f3c94c9d0ed2740,
+//!                      0x4d8e93d6 comment "in-cc1439ddcfbf0533" : jump in-cc1439ddcfbf0533 }
+//!     }
+//!     map ingress-class-v4 {
+//!         type ipv4_addr : mark
+//!         elements = { 10.0.1.10 comment "demo/web" : 0x61a5285a,
+//!                      10.0.1.11 comment "demo/client" : 0x4d8e93d6 }
 //!     }
 //!     set node-addrs-v4 { type ipv4_addr; elements = { 192.168.0.1 } }
 //!     set ports-ab4b74d4e2b3dd92 {
@@ -74,7 +87,8 @@
 //!         comment "ingress: isolated, no rule allows anything"
 //!         counter drop comment "kube-nft: ingress not allowed by any NetworkPolicy"
 //!     }
-//!     (egress-v4/-v6, ingress-v6 and node-addrs-v6 maps/sets; chains forward, input)
+//!     (egress-chains, egress-class-v4/-v6, ingress-class-v6 and node-addrs-v6
+//!      maps/sets; chains forward, input)
 //! }
 //! ```
 

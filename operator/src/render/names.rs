@@ -23,6 +23,15 @@ pub fn stable_hash(s: &str) -> u64 {
     })
 }
 
+/// 32-bit FNV-1a, for the class ids of policy chains (see
+/// [`class_id`](super::policy::class_id)). Part of the same on-kernel contract
+/// as [`stable_hash`].
+pub fn stable_hash32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// Hands out content names and remembers which content owns which name, so
 /// that a hash collision (different content, same hash) cannot silently merge
 /// two objects: the later content gets a `-1`, `-2`… suffix instead. With 64-bit

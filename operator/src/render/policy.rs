@@ -4,12 +4,61 @@
 //!
 //! Chains are shared by content: a pod's ingress (or egress) chain is the
 //! rendering of its rule list, named by a hash of that rendering, so 10,000 pods
-//! selected by the same policies share one chain, a pod that moves into an
-//! existing combination changes one verdict-map element, and a policy change
-//! creates new chains for the new content while untouched chains stay as they
-//! are (the diff then deletes chains nothing jumps to any more).
+//! selected by the same policies share one chain, and a policy change creates
+//! new chains for the new content while untouched chains stay as they are (the
+//! diff then deletes chains nothing dispatches to any more).
+//!
+//! # Dispatch by class id
+//!
+//! Pods are not mapped to chains by a verdict map. Each chain has a 32-bit
+//! *class id* ([`class_id`], a hash of its name), and dispatch takes two lookups:
+//!
+//! - the data maps `ingress-class-v4`/`-v6` and `egress-class-v4`/`-v6`
+//!   (`type ipv4_addr : mark`) map a local isolated pod's IP to the class id of
+//!   its chain; the base chain stores the id in the conntrack mark:
+//!   `ct mark set ip saddr map @egress-class-v4` (a miss changes nothing);
+//! - the verdict maps `ingress-chains` / `egress-chains` (`type mark : verdict`)
+//!   hold one element per chain, `class id : jump <chain>`, applied by one rule
+//!   per direction after the lookups of both families: `ct mark vmap
+//!   @egress-chains`.
+//!
+//! Why: adding a `jump` element to a verdict map (or any rule) makes the kernel
+//! re-validate the jump graph of the whole table on commit, walking every
+//! element of every verdict map once per rule that names the map, into its
+//! chain. With one verdict element per pod IP that is 20,000 walks for a
+//! 10,000-pod node; with one per chain it is the number of chains, three times
+//! (`forward` egress and ingress, `input` egress), and only when a chain is
+//! created. A pod that moves to an existing chain changes a data-map element,
+//! which no validation walks.
+//!
+//! **The conntrack mark.** kube-nft uses the conntrack mark of NEW forwarded
+//! connections of local pods (and of NEW connections from local pods to the
+//! node, in `input`); the packet mark (`meta mark`) stays free for the
+//! masquerade bits of Service NAT. Only NEW connections reach the dispatch
+//! rules (established and related ones are accepted, invalid ones dropped
+//! before them). A class-map miss leaves the ct mark unchanged, so each
+//! `ct mark vmap` may see a value this packet did not store; why that never
+//! picks a chain of the wrong direction or pod:
+//!
+//! - a new connection starts with ct mark 0, and 0 is never an id;
+//! - the id spaces are disjoint: ingress ids have the top bit clear, egress ids
+//!   set. When the source's egress id is in the ct mark and the destination is
+//!   not ingress-isolated, the ingress vmap misses: a stale egress id never
+//!   dispatches into ingress chains, nor an ingress id into egress chains;
+//! - the ids a packet finds are those of the pods it is from and to: stored
+//!   by this packet, or by an earlier packet of the same still-NEW (unreplied)
+//!   connection when its pod has left every class of that direction since, in
+//!   which case the packet is judged by the class the connection started in,
+//!   as an established connection would be.
+//!
+//! Ids are unique per direction: when two chains' ids collide (or an id is 0
+//! in its 31 bits), the later chain in render order gets a name
+//! suffix (`-c1`, `-c2`…) and with it another id, as content-name collisions do. The
+//! incremental renderer cannot reproduce "later" and asks for a full sync.
+//! Untracked packets (`notrack`) have no conntrack entry to carry the mark, so
+//! `forward` would not dispatch them; kube-nft never untracks pod traffic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -24,7 +73,7 @@ use nft::{
 };
 
 use super::intervals::{self, Range};
-use super::names::{comment, ir_object_name, ContentNames};
+use super::names::{comment, ir_object_name, stable_hash32, ContentNames};
 
 /// The filter base chain for traffic routed through the node (pod ↔ pod, pod ↔
 /// elsewhere). Priority 0 runs after Service DNAT (`dstnat`, -100) in
@@ -137,10 +186,45 @@ impl Dir {
     }
 }
 
-/// `ingress-v4`, `egress-v6`, …: the verdict map from a local isolated pod's IP
-/// to its chain.
-pub fn dispatch_map(dir: Dir, fam: Fam) -> String {
-    format!("{}-{}", dir.label(), fam.suffix())
+/// `ingress-class-v4`, `egress-class-v6`, …: the data map from a local
+/// isolated pod's IP to the class id of its chain.
+pub fn class_map(dir: Dir, fam: Fam) -> String {
+    format!("{}-class-{}", dir.label(), fam.suffix())
+}
+
+/// `ingress-chains` / `egress-chains`: the verdict map from a class id to
+/// `jump <chain>`.
+pub fn chains_map(dir: Dir) -> String {
+    format!("{}-chains", dir.label())
+}
+
+/// The bit that marks egress class ids.
+const EGRESS_BIT: u32 = 0x8000_0000;
+
+/// The class id of chain `chain` in direction `dir`: 31 bits of the FNV-1a hash
+/// of its name, with the top bit set for egress. `None` when those 31 bits are
+/// 0 (never an id: a new connection's ct mark is 0); the renderer then renames
+/// the chain like a collision.
+pub fn class_id(dir: Dir, chain: &str) -> Option<u32> {
+    let low = stable_hash32(chain) & !EGRESS_BIT;
+    if low == 0 {
+        return None;
+    }
+    Some(match dir {
+        Dir::Ingress => low,
+        Dir::Egress => low | EGRESS_BIT,
+    })
+}
+
+/// The direction of a policy chain, from its name (`in-…` / `eg-…`).
+pub fn chain_dir(chain: &str) -> Option<Dir> {
+    if chain.starts_with("in-") {
+        Some(Dir::Ingress)
+    } else if chain.starts_with("eg-") {
+        Some(Dir::Egress)
+    } else {
+        None
+    }
 }
 
 /// `node-addrs-v4` / `-v6`: the node's own addresses, exempt from ingress policy.
@@ -163,6 +247,7 @@ pub fn contribute(
         address_sets,
         names: ContentNames::default(),
         ir_sets: None,
+        classes: Default::default(),
     };
     r.dispatch(node);
     for pod in &node.pods {
@@ -177,6 +262,15 @@ struct PolicyRenderer<'a> {
     /// `Some`: render `as-`/`asp-` sets as headers only and record here what
     /// they stand for (see [`pod_chain`]).
     ir_sets: Option<BTreeMap<String, IrSetRef>>,
+    classes: Classes,
+}
+
+/// Class ids handed out so far, per direction, and the chains renamed because
+/// of an id collision (content name → final name).
+#[derive(Default)]
+struct Classes {
+    owner: HashMap<(bool, u32), String>,
+    renamed: HashMap<String, String>,
 }
 
 /// What an `as-`/`asp-` set renders: an IR address set, one family, and
@@ -193,6 +287,9 @@ pub struct IrSetRef {
 pub struct PodChain {
     /// The content name of the chain (`in-…`/`eg-…`).
     pub name: String,
+    /// Its class id ([`class_id`]); `None` when the name has no valid id (a
+    /// full render would rename the chain).
+    pub class: Option<u32>,
     /// The chain and every set its rules use; `as-`/`asp-` sets are headers
     /// without elements ([`ir_set_elements`] fills them).
     pub objects: Table,
@@ -220,11 +317,16 @@ pub fn pod_chain(
         address_sets,
         names: ContentNames::default(),
         ir_sets: Some(BTreeMap::new()),
+        classes: Classes::default(),
     };
-    let name = r.chain(dir, rules, &fams);
+    let (name, class) = r.chain(dir, rules, &fams);
     let ir_sets = r.ir_sets.take().unwrap_or_default();
+    // Alone, `chain` renames only for an invalid id; a full render may rename
+    // differently (it depends on the other chains), so the id is withheld.
+    let class = r.classes.renamed.is_empty().then_some(class);
     Some(PodChain {
         name,
+        class,
         objects,
         ir_sets,
     })
@@ -256,17 +358,42 @@ pub fn ir_element_key(ports: bool, e: &AddressSetElement) -> Option<ElemKey> {
     ])
 }
 
-/// The key of a pod IP in a dispatch map.
+/// The key of a pod IP in a class map.
 pub fn ip_key(ip: &IpAddr) -> ElemKey {
     vec![KeyPart::Value(ip_value(ip))]
 }
 
-/// The dispatch-map element of pod `namespace/name` jumping to `chain`.
-pub fn dispatch_element(namespace: &str, name: &str, chain: &str) -> ElemValue {
+/// The class-map element of pod `namespace/name` in class `class`.
+pub fn class_element(namespace: &str, name: &str, class: u32) -> ElemValue {
+    ElemValue {
+        data: Some(ElemData::Values(vec![Value::Mark(class)])),
+        timeout: None,
+        comment: Some(comment(&format!("{namespace}/{name}"))),
+    }
+}
+
+/// The class id a class-map element holds.
+pub fn element_class(v: &ElemValue) -> Option<u32> {
+    match &v.data {
+        Some(ElemData::Values(vals)) => match vals.as_slice() {
+            [Value::Mark(c)] => Some(*c),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The key of class `class` in a chains map.
+pub fn class_key(class: u32) -> ElemKey {
+    vec![KeyPart::Value(Value::Mark(class))]
+}
+
+/// The chains-map element jumping to `chain`.
+pub fn chains_element(chain: &str) -> ElemValue {
     ElemValue {
         data: Some(ElemData::Verdict(Verdict::Jump(chain.to_string()))),
         timeout: None,
-        comment: Some(comment(&format!("{namespace}/{name}"))),
+        comment: Some(comment(chain)),
     }
 }
 
@@ -284,14 +411,26 @@ impl PolicyRenderer<'_> {
     /// Maps, node address sets and the two base chains. They exist even when the
     /// node isolates no pod, so that base chains never change after start-up.
     fn dispatch(&mut self, node: &NodePolicy) {
+        for dir in [Dir::Ingress, Dir::Egress] {
+            self.table.add_set(Set {
+                name: chains_map(dir),
+                key: vec![DataType::Mark],
+                data: Some(SetData::Verdict),
+                comment: Some(format!(
+                    "kube-nft: class id -> {} policy chain",
+                    dir.label()
+                )),
+                ..Default::default()
+            });
+        }
         for fam in Fam::ALL {
             for dir in [Dir::Ingress, Dir::Egress] {
                 self.table.add_set(Set {
-                    name: dispatch_map(dir, fam),
+                    name: class_map(dir, fam),
                     key: vec![fam.addr_type()],
-                    data: Some(SetData::Verdict),
+                    data: Some(SetData::Values(vec![DataType::Mark])),
                     comment: Some(format!(
-                        "kube-nft: {} policy chain of each isolated local pod",
+                        "kube-nft: {} policy class id of each isolated local pod",
                         dir.label()
                     )),
                     ..Default::default()
@@ -326,29 +465,48 @@ impl PolicyRenderer<'_> {
             Expr::Verdict(Verdict::Accept),
         ])
         .with_comment("kube-nft: policy decides new connections only");
-        let egress = |fam: Fam| {
+        // One `ct mark vmap` rule per direction and base chain, after the
+        // class lookups of both families: each rule naming a verdict map is a
+        // walk of all its elements when the kernel validates the table (see the
+        // module doc for why a stale ct mark cannot dispatch wrongly).
+        let set_class = |dir: Dir, field: Field, fam: Fam| Expr::SetFromMap {
+            target: Field::CtMark,
+            key: MapKey::Fields(vec![field]),
+            map: class_map(dir, fam),
+        };
+        let vmap = |dir: Dir| {
             Rule::new(vec![Expr::Vmap {
-                key: MapKey::Fields(vec![fam.saddr()]),
-                map: dispatch_map(Dir::Egress, fam),
+                key: MapKey::Fields(vec![Field::CtMark]),
+                map: chains_map(dir),
             }])
-            .with_comment("kube-nft: egress policy of isolated local pods")
+            .with_comment(format!(
+                "kube-nft: {} policy of isolated local pods",
+                dir.label()
+            ))
+        };
+        let egress = || {
+            let class = |fam: Fam| {
+                Rule::new(vec![set_class(Dir::Egress, fam.saddr(), fam)])
+                    .with_comment("kube-nft: egress class of isolated local pods")
+            };
+            [class(Fam::V4), class(Fam::V6), vmap(Dir::Egress)]
         };
         // Node → local pod is exempt from ingress policy. Skipping the ingress
-        // dispatch (instead of accepting) leaves later rules of this chain, such
-        // as future Service rules, in force for that traffic.
-        let ingress = |fam: Fam| {
-            Rule::new(vec![
-                Expr::Match {
-                    left: vec![fam.saddr()],
-                    op: MatchOp::Neq,
-                    right: Rhs::Set(node_addrs_set(fam)),
-                },
-                Expr::Vmap {
-                    key: MapKey::Fields(vec![fam.daddr()]),
-                    map: dispatch_map(Dir::Ingress, fam),
-                },
-            ])
-            .with_comment("kube-nft: ingress policy of isolated local pods")
+        // class lookup (instead of accepting) leaves later rules of this chain,
+        // such as future Service rules, in force for that traffic.
+        let ingress = || {
+            let class = |fam: Fam| {
+                Rule::new(vec![
+                    Expr::Match {
+                        left: vec![fam.saddr()],
+                        op: MatchOp::Neq,
+                        right: Rhs::Set(node_addrs_set(fam)),
+                    },
+                    set_class(Dir::Ingress, fam.daddr(), fam),
+                ])
+                .with_comment("kube-nft: ingress class of isolated local pods")
+            };
+            [class(Fam::V4), class(Fam::V6), vmap(Dir::Ingress)]
         };
 
         let base = |hook| {
@@ -370,11 +528,11 @@ impl PolicyRenderer<'_> {
                     Expr::Verdict(Verdict::Drop),
                 ])
                 .with_comment("kube-nft: invalid packets"),
-                egress(Fam::V4),
-                egress(Fam::V6),
-                ingress(Fam::V4),
-                ingress(Fam::V6),
-            ],
+            ]
+            .into_iter()
+            .chain(egress())
+            .chain(ingress())
+            .collect(),
         });
         // Only egress applies here: the destination is the node itself. Node →
         // own pod leaves through the output hook, which kube-nft never filters
@@ -395,9 +553,10 @@ impl PolicyRenderer<'_> {
                     Expr::Verdict(Verdict::Accept),
                 ])
                 .with_comment("kube-nft: IPv6 neighbour discovery and MLD are untracked"),
-                egress(Fam::V4),
-                egress(Fam::V6),
-            ],
+            ]
+            .into_iter()
+            .chain(egress())
+            .collect(),
         });
     }
 
@@ -412,23 +571,23 @@ impl PolicyRenderer<'_> {
             if !isolated || fams.is_empty() {
                 continue;
             }
-            let chain = self.chain(dir, rules, &fams);
+            let (_, class) = self.chain(dir, rules, &fams);
             for ip in &pod.ips {
                 let map = self
                     .table
                     .sets
-                    .get_mut(&dispatch_map(dir, Fam::of(ip)))
+                    .get_mut(&class_map(dir, Fam::of(ip)))
                     .expect("dispatch() created every map");
-                map.elements.insert(
-                    ip_key(ip),
-                    dispatch_element(&pod.namespace, &pod.name, &chain),
-                );
+                map.elements
+                    .insert(ip_key(ip), class_element(&pod.namespace, &pod.name, class));
             }
         }
     }
 
-    /// The (shared) chain for one direction of a pod: its name, created if new.
-    fn chain(&mut self, dir: Dir, rules: &[IrRule], fams: &BTreeSet<Fam>) -> String {
+    /// The (shared) chain for one direction of a pod: its name and class id,
+    /// created (with its chains-map element, when the table has that map) if
+    /// new.
+    fn chain(&mut self, dir: Dir, rules: &[IrRule], fams: &BTreeSet<Fam>) -> (String, u32) {
         let mut body = Vec::new();
         for rule in rules {
             self.rule(dir, rule, fams, &mut body);
@@ -453,16 +612,42 @@ impl PolicyRenderer<'_> {
             content.push('\n');
             content.push_str(&render_rule(Family::Inet, r));
         }
-        let (name, new) = self.names.name(dir.chain_prefix(), &content);
-        if new {
-            self.table.add_chain(Chain {
-                name: name.clone(),
-                base: None,
-                comment: Some(header),
-                rules: body,
-            });
+        let (base, new) = self.names.name(dir.chain_prefix(), &content);
+        let egress = dir == Dir::Egress;
+        if !new {
+            let name = self.classes.renamed.get(&base).unwrap_or(&base).clone();
+            let class = class_id(dir, &name).expect("a chain's name has a valid id");
+            return (name, class);
         }
-        name
+        // A class id collision (or an invalid id) renames the later chain.
+        let mut name = base.clone();
+        let mut class = class_id(dir, &name);
+        for i in 1.. {
+            match class {
+                Some(c) if !self.classes.owner.contains_key(&(egress, c)) => break,
+                _ => {
+                    // `-c<i>`: no content name (`<prefix>-<hash>[-<i>]`) has
+                    // this form, so the new name is free.
+                    name = format!("{base}-c{i}");
+                    class = class_id(dir, &name);
+                }
+            }
+        }
+        let class = class.expect("the loop ends on a valid id");
+        if name != base {
+            self.classes.renamed.insert(base, name.clone());
+        }
+        self.classes.owner.insert((egress, class), name.clone());
+        self.table.add_chain(Chain {
+            name: name.clone(),
+            base: None,
+            comment: Some(header),
+            rules: body,
+        });
+        if let Some(map) = self.table.sets.get_mut(&chains_map(dir)) {
+            map.elements.insert(class_key(class), chains_element(&name));
+        }
+        (name, class)
     }
 
     /// Appends the nft rules of one IR rule: one per (peer, family).
@@ -756,5 +941,61 @@ fn proto_name(p: u8) -> &'static str {
         nft::proto::TCP => "tcp",
         nft::proto::UDP => "udp",
         _ => "sctp",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_ids_are_disjoint_per_direction_and_never_zero() {
+        for name in ["in-0f3c94c9d0ed2740", "eg-cc1439ddcfbf0533", "x"] {
+            let i = class_id(Dir::Ingress, name).unwrap();
+            let e = class_id(Dir::Egress, name).unwrap();
+            assert_eq!(i & EGRESS_BIT, 0);
+            assert_eq!(e & EGRESS_BIT, EGRESS_BIT);
+            assert_eq!(i, e & !EGRESS_BIT);
+            assert_ne!(i, 0);
+        }
+        assert_eq!(chain_dir("in-1"), Some(Dir::Ingress));
+        assert_eq!(chain_dir("eg-1"), Some(Dir::Egress));
+        assert_eq!(chain_dir("forward"), None);
+    }
+
+    /// A chain whose class id is taken gets a `-c1` name, the id of that name
+    /// and its own `*-chains` element; asking again returns the same chain.
+    #[test]
+    fn class_id_collision_renames_the_later_chain() {
+        let mut table = Table::new(Family::Inet, "kube-nft");
+        let sets = BTreeMap::new();
+        let mut r = PolicyRenderer {
+            table: &mut table,
+            address_sets: &sets,
+            names: ContentNames::default(),
+            ir_sets: None,
+            classes: Classes::default(),
+        };
+        r.dispatch(&NodePolicy::default());
+        let fams: BTreeSet<Fam> = [Fam::V4].into();
+        // Render once elsewhere to learn the name and id the chain would get.
+        let plain = pod_chain(Dir::Ingress, &[], &["10.0.0.1".parse().unwrap()], &sets).unwrap();
+        let taken = plain.class.unwrap();
+        r.classes
+            .owner
+            .insert((false, taken), "in-someone-else".into());
+        let (name, class) = r.chain(Dir::Ingress, &[], &fams);
+        assert_eq!(name, format!("{}-c1", plain.name));
+        assert_eq!(Some(class), class_id(Dir::Ingress, &name));
+        assert_ne!(class, taken);
+        assert_eq!(r.chain(Dir::Ingress, &[], &fams), (name.clone(), class));
+        let chains = &table.sets[&chains_map(Dir::Ingress)];
+        assert_eq!(chains.elements.len(), 1);
+        assert_eq!(
+            chains.elements[&class_key(class)],
+            chains_element(&name),
+            "{chains:?}"
+        );
+        assert!(table.chains.contains_key(&name));
     }
 }
