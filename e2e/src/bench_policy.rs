@@ -317,6 +317,9 @@ pub fn run(a: PolicyArgs) -> Result<()> {
     // change a `*-chains` verdict element (a chain comes or goes), which makes
     // the kernel re-validate the jump graph of the table on commit.
     let (mut k_sets, mut k_dispatch, mut k_verdict) = (Vec::new(), Vec::new(), Vec::new());
+    // The kernel transaction alone (send to last ACK), without the committed
+    // copy's update.
+    let mut k_transaction = Vec::new();
     let (mut msgs, mut member_changes, mut policy_changes, mut new_chains) = (0, 0, 0, 0);
     for _ in 0..a.relabels {
         let pod = relabel(&mut r, index.cluster(), &syn.pods);
@@ -347,6 +350,7 @@ pub fn run(a: PolicyArgs) -> Result<()> {
         i_compute.push(t1 - t0);
         i_render.push(t2 - t1);
         i_apply.push(t3 - t2);
+        k_transaction.push(rep.longest_transaction);
         msgs += rep.changes;
         member_changes += usize::from(delta.element_changes() > 0);
         policy_changes += usize::from(!delta.pods.is_empty());
@@ -393,6 +397,11 @@ pub fn run(a: PolicyArgs) -> Result<()> {
     row("  compute p50 / p99", pair(&i_compute), "");
     row("  delta render p50 / p99", pair(&i_render), "");
     row("  netlink send + ACK p50 / p99", pair(&i_apply), "");
+    row(
+        "    of which the kernel transaction p50 / p99",
+        pair(&k_transaction),
+        "",
+    );
     row(
         &format!("    set elements only (n={}) p50 / p99", k_sets.len()),
         pair(&k_sets),

@@ -260,7 +260,7 @@ impl Dataplane {
         // The kernel committed: the copy must follow. `apply` refuses less than
         // the kernel does only for a copy that was already wrong; then the kernel
         // is the truth.
-        if diff::apply(&mut self.committed, batch).is_err() && self.reload().is_err() {
+        if diff::apply_acknowledged(&mut self.committed, batch).is_err() && self.reload().is_err() {
             // Cannot read it back either: an unknown copy makes the next full
             // sync reload the table (see `sync`).
             self.committed = None;
@@ -295,7 +295,7 @@ impl Dataplane {
         let small = plan.len() == 1 && plan[0].message_count() <= 1_000;
         if small {
             let mut state = self.committed.take();
-            if diff::apply(&mut state, &plan[0]).is_ok() {
+            if diff::apply_acknowledged(&mut state, &plan[0]).is_ok() {
                 self.committed = state;
                 return;
             }
@@ -312,7 +312,7 @@ impl Dataplane {
         // The kernel now holds the old state plus the staged prefix.
         let mut prefix = self.committed.clone();
         for b in committed {
-            if diff::apply(&mut prefix, b).is_err() {
+            if diff::apply_acknowledged(&mut prefix, b).is_err() {
                 // Cannot model the kernel any more: read it back.
                 let _ = self.reload();
                 return Leftovers::Pending;

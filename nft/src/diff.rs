@@ -693,8 +693,28 @@ pub struct ApplyError {
 /// of verdict maps for `DeleteChain`), never the elements of data maps or sets. Not atomic: on error the
 /// state holds the operations before the failing one; treat it as unknown.
 pub fn apply(state: &mut Option<Table>, batch: &Batch) -> Result<(), ApplyError> {
+    apply_with(state, batch, Checks::All)
+}
+
+/// [`apply`] for a batch the kernel has already committed: the kernel refused
+/// any dangling reference, so the O(rules) reference scans of `DeleteSet` and
+/// `DeleteChain` are skipped and every operation costs O(log n). This keeps
+/// an event's path to the kernel independent of the table's size.
+pub fn apply_acknowledged(state: &mut Option<Table>, batch: &Batch) -> Result<(), ApplyError> {
+    apply_with(state, batch, Checks::AcknowledgedByKernel)
+}
+
+/// How much of the kernel's refusals [`apply`] re-checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    All,
+    /// Skip the whole-table reference scans on deletes.
+    AcknowledgedByKernel,
+}
+
+fn apply_with(state: &mut Option<Table>, batch: &Batch, checks: Checks) -> Result<(), ApplyError> {
     for (index, op) in batch.ops.iter().enumerate() {
-        apply_op(state, batch, op).map_err(|reason| ApplyError {
+        apply_op(state, batch, op, checks).map_err(|reason| ApplyError {
             index,
             op: op_name(op),
             reason,
@@ -703,7 +723,12 @@ pub fn apply(state: &mut Option<Table>, batch: &Batch) -> Result<(), ApplyError>
     Ok(())
 }
 
-fn apply_op(state: &mut Option<Table>, batch: &Batch, op: &Op) -> Result<(), String> {
+fn apply_op(
+    state: &mut Option<Table>,
+    batch: &Batch,
+    op: &Op,
+    checks: Checks,
+) -> Result<(), String> {
     if let Op::AddTable { comment } = op {
         if state.is_none() {
             let mut t = Table::new(batch.family, batch.table.clone());
@@ -726,7 +751,8 @@ fn apply_op(state: &mut Option<Table>, batch: &Batch, op: &Op) -> Result<(), Str
         }
         Op::DeleteSet(name) => {
             set_mut(t, name)?;
-            if let Some(c) = t.chains.values().find(|c| {
+            let scan = checks == Checks::All;
+            if let Some(c) = t.chains.values().filter(|_| scan).find(|c| {
                 c.rules
                     .iter()
                     .any(|r| rule_refs(r).sets.contains(&name.as_str()))
@@ -774,14 +800,15 @@ fn apply_op(state: &mut Option<Table>, batch: &Batch, op: &Op) -> Result<(), Str
             if !chain_mut(t, name)?.rules.is_empty() {
                 return Err(format!("chain {name} is not empty"));
             }
-            if let Some(c) = t.chains.values().find(|c| {
+            let scan = checks == Checks::All;
+            if let Some(c) = t.chains.values().filter(|_| scan).find(|c| {
                 c.rules
                     .iter()
                     .any(|r| rule_refs(r).chains.contains(&name.as_str()))
             }) {
                 return Err(format!("chain {name} is a jump target of chain {}", c.name));
             }
-            if let Some(s) = t.sets.values().find(|s| {
+            if let Some(s) = t.sets.values().filter(|_| scan).find(|s| {
                 s.data == Some(SetData::Verdict)
                     && s.elements.values().any(|v| elem_chain_ref(v) == Some(name))
             }) {

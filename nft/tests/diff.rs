@@ -574,3 +574,36 @@ fn large_element_diff_is_linear_and_small() {
     let b = diff(Some(&committed), &desired);
     assert_eq!(b.message_count(), 2);
 }
+
+/// `apply` refuses to delete a chain that a rule still jumps to, as the kernel
+/// would; `apply_acknowledged` is for batches the kernel already committed and
+/// skips that whole-table scan, so it must not second-guess the same batch.
+#[test]
+fn acknowledged_apply_skips_the_reference_scan_only() {
+    let mut t = Table::new(Family::Inet, "t");
+    t.add_chain(Chain {
+        name: "target".into(),
+        ..Default::default()
+    });
+    t.add_chain(Chain {
+        name: "caller".into(),
+        rules: vec![Rule::new(vec![Expr::Verdict(Verdict::Jump(
+            "target".into(),
+        ))])],
+        ..Default::default()
+    });
+    let mut b = Batch::new(Family::Inet, "t");
+    b.ops.push(Op::DeleteChain("target".into()));
+
+    let mut checked = Some(t.clone());
+    let err = apply(&mut checked, &b).unwrap_err();
+    assert!(err.to_string().contains("jump target"), "{err}");
+
+    let mut acknowledged = Some(t);
+    nft::diff::apply_acknowledged(&mut acknowledged, &b).unwrap();
+    assert!(!acknowledged.unwrap().chains.contains_key("target"));
+
+    // Everything else is still checked: deleting a missing chain fails.
+    let mut missing = Some(Table::new(Family::Inet, "t"));
+    assert!(nft::diff::apply_acknowledged(&mut missing, &b).is_err());
+}
