@@ -444,12 +444,8 @@ fn check_lab(name: &str) {
     if let Err(why) = lab_available() {
         panic!("{name}: the lab is not available, so nothing was tested: {why}");
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "{name}: the lab builds network namespaces and needs root"
-    );
+    // The lab builds network namespaces: without root nothing would be tested.
+    nft::testing::require_root();
     let file = scenarios_dir().join(format!("{name}.yaml"));
     let probes = replay(&file);
     let started = Instant::now();
