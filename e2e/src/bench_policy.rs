@@ -312,10 +312,12 @@ pub fn run(a: PolicyArgs) -> Result<()> {
     let mut renderer = DeltaRenderer::new(dp.committed().context("committed table")?);
     let mut total = Vec::with_capacity(a.relabels);
     let (mut i_compute, mut i_render, mut i_apply) = (Vec::new(), Vec::new(), Vec::new());
-    // Kernel time split: batches that only change address-set elements,
-    // batches that change a pod's class (data map) element, and batches that
-    // change a `*-chains` verdict element (a chain comes or goes), which makes
-    // the kernel re-validate the jump graph of the table on commit.
+    // Kernel time split: batches that only change elements of address and
+    // selection sets, batches that also change a pod's class (data map)
+    // element, and batches that add rules or verdict elements (a policy chain
+    // or namespace chain comes, or a namespace chain's guards are rewritten),
+    // which makes the kernel re-validate the jump graph of the table on
+    // commit.
     let (mut k_sets, mut k_dispatch, mut k_verdict) = (Vec::new(), Vec::new(), Vec::new());
     // The kernel transaction alone (send to last ACK), without the committed
     // copy's update.
@@ -338,7 +340,11 @@ pub fn run(a: PolicyArgs) -> Result<()> {
                 _ => false,
             })
         };
-        let verdict = touches(&|s: &str| s.ends_with("-chains"));
+        let verdict = touches(&|s: &str| s.ends_with("-chains"))
+            || batch
+                .ops
+                .iter()
+                .any(|op| matches!(op, nft::Op::AddRule { .. }));
         let dispatch = touches(&|s: &str| s.contains("-class-"));
         if verdict {
             k_verdict.push(t3 - t2);
@@ -417,7 +423,7 @@ pub fn run(a: PolicyArgs) -> Result<()> {
     );
     row(
         &format!(
-            "    chains verdict change (n={}) p50 / p99",
+            "    rules or verdicts added (n={}) p50 / p99",
             k_verdict.len()
         ),
         pair(&k_verdict),

@@ -201,8 +201,8 @@ fn policy_chains(t: &Table) -> Vec<&nft::Chain> {
     t.chains.values().filter(|c| c.base.is_none()).collect()
 }
 
-/// The chain the class map `map` (`<dir>-class-<fam>`) sends `ip` to: its class
-/// id, then that id's element in `<dir>-chains`.
+/// The namespace chain the class map `map` (`<dir>-class-<fam>`) sends `ip`
+/// to: its class id, then that id's element in `<dir>-chains`.
 fn chain_of(t: &Table, map: &str, ip: &str) -> Option<String> {
     let key = vec![KeyPart::Value(ip_value(ip))];
     let class = match &t.sets[map].elements.get(&key)?.data {
@@ -220,7 +220,8 @@ fn chain_of(t: &Table, map: &str, ip: &str) -> Option<String> {
     }
 }
 
-/// The class id of policy chain `chain`: the key of its `<dir>-chains` element.
+/// The class id of namespace chain `chain`: the key of its `<dir>-chains`
+/// element.
 fn chain_class(t: &Table, chain: &str) -> u32 {
     let map = if chain.starts_with("in-") {
         "ingress-chains"
@@ -240,32 +241,31 @@ fn chain_class(t: &Table, chain: &str) -> u32 {
     found[0]
 }
 
-/// The `<dir>-chains` element of `chain` in `t`, added.
-fn chain_added(t: &Table, chain: &str) -> Op {
-    let (map, key) = chain_key(t, chain);
-    Op::AddElements {
-        elements: vec![(key.clone(), t.sets[&map].elements[&key].clone())],
-        set: map,
-    }
+/// The policy chains (`in`/`eg` by `prefix`) whose selection sets hold `ip`.
+fn policy_chains_of(t: &Table, prefix: &str, ip: &str) -> BTreeSet<String> {
+    let key = vec![KeyPart::Value(ip_value(ip))];
+    t.sets
+        .iter()
+        .filter(|(_, s)| s.elements.contains_key(&key))
+        .filter_map(|(name, _)| name.strip_prefix("sel-"))
+        .filter(|rest| rest.starts_with(&format!("{prefix}-")))
+        .map(|rest| rest[..rest.len() - 3].to_string())
+        .collect()
 }
 
-/// The `<dir>-chains` element of `chain` in `t`, deleted.
-fn chain_deleted(t: &Table, chain: &str) -> Op {
-    let (set, key) = chain_key(t, chain);
-    Op::DeleteElements {
-        set,
-        keys: vec![key],
-    }
+/// The one policy chain of `ip` in direction `prefix`.
+fn policy_chain_of(t: &Table, prefix: &str, ip: &str) -> String {
+    let chains = policy_chains_of(t, prefix, ip);
+    assert_eq!(chains.len(), 1, "{ip}: {chains:?}");
+    chains.into_iter().next().unwrap()
 }
 
-fn chain_key(t: &Table, chain: &str) -> (String, Vec<KeyPart>) {
-    let dir = if chain.starts_with("in-") {
-        "ingress"
-    } else {
-        "egress"
-    };
-    let key = vec![KeyPart::Value(Value::Mark(chain_class(t, chain)))];
-    (format!("{dir}-chains"), key)
+fn rendered_rules(t: &Table, chain: &str) -> Vec<String> {
+    t.chains[chain]
+        .rules
+        .iter()
+        .map(|r| nft::render::render_rule(nft::Family::Inet, r))
+        .collect()
 }
 
 fn ip_value(ip: &str) -> Value {
@@ -281,7 +281,9 @@ fn empty_node_renders_the_skeleton() {
     assert_loads(&t);
     assert_eq!(
         chain_names(&t),
-        ["forward", "input"].map(String::from).into()
+        ["forward", "forward-egress", "input"]
+            .map(String::from)
+            .into()
     );
     for m in [
         "ingress-class-v4",
@@ -306,43 +308,63 @@ fn default_deny_and_allow() {
     let t = render(&cluster(&base_objects()));
     assert_loads(&t);
     let text = render_text(&t);
-    // web: deny-all + allow-web on ingress; client/other: deny-all only.
-    let web = chain_of(&t, "ingress-class-v4", "10.0.1.10").unwrap();
-    let client = chain_of(&t, "ingress-class-v4", "10.0.1.11").unwrap();
-    assert_eq!(
-        Some(&client),
-        chain_of(&t, "ingress-class-v4", "10.0.1.12").as_ref()
-    );
-    assert_ne!(web, client);
-    assert!(web.starts_with("in-") && client.starts_with("in-"));
+    // Every isolated demo pod is dispatched to the namespace chain.
+    for ip in ["10.0.1.10", "10.0.1.11", "10.0.1.12"] {
+        assert_eq!(
+            chain_of(&t, "ingress-class-v4", ip).as_deref(),
+            Some("in-ns-demo")
+        );
+        assert_eq!(
+            chain_of(&t, "egress-class-v4", ip).as_deref(),
+            Some("eg-ns-demo")
+        );
+    }
+    // web: deny-all + allow-web on ingress, so one policy chain; client and
+    // other: deny-all only, which has no rule and so no chain.
+    let web = policy_chain_of(&t, "in", "10.0.1.10");
+    assert!(policy_chains_of(&t, "in", "10.0.1.11").is_empty());
+    assert!(policy_chains_of(&t, "in", "10.0.1.12").is_empty());
     // mon/prom is not isolated.
     assert_eq!(chain_of(&t, "ingress-class-v4", "10.0.1.20"), None);
     assert_eq!(chain_of(&t, "egress-class-v4", "10.0.1.20"), None);
+    assert!(policy_chains_of(&t, "in", "10.0.1.20").is_empty());
     // Egress: all demo pods share one chain allowing DNS.
-    let eg = chain_of(&t, "egress-class-v4", "10.0.1.10").unwrap();
-    assert_eq!(
-        Some(&eg),
-        chain_of(&t, "egress-class-v4", "10.0.1.11").as_ref()
-    );
-    assert_eq!(policy_chains(&t).len(), 3, "{text}");
+    let eg = policy_chain_of(&t, "eg", "10.0.1.10");
+    assert_eq!(policy_chain_of(&t, "eg", "10.0.1.11"), eg);
+    assert_eq!(policy_chains(&t).len(), 4, "{text}");
 
     let web_chain = &t.chains[&web];
     assert_eq!(
         web_chain.comment.as_deref(),
         Some("ingress: NetworkPolicy demo/allow-web")
     );
-    // The pod's class id, and that id's one verdict element naming the chain.
-    let web_text = render_text(&t);
-    let web_class = chain_class(&t, &web);
+    // The pod's class id, and that id's one verdict element naming the
+    // namespace chain.
+    let class = chain_class(&t, "in-ns-demo");
     assert!(
-        web_text.contains(&format!("comment \"demo/web\" : {web_class:#010x}")),
-        "{web_text}"
+        text.contains(&format!("comment \"demo/web\" : {class:#010x}")),
+        "{text}"
     );
     assert!(
-        web_text.contains(&format!("{web_class:#010x} comment \"{web}\" : jump {web}")),
-        "{web_text}"
+        text.contains(&format!(
+            "{class:#010x} comment \"in-ns-demo\" : jump in-ns-demo"
+        )),
+        "{text}"
     );
-    let rule = nft::render::render_rule(nft::Family::Inet, &web_chain.rules[0]);
+    // The namespace chain: one guard per policy chain, then the drop.
+    assert_eq!(
+        rendered_rules(&t, "in-ns-demo"),
+        [
+            format!("ip daddr @sel-{web}-v4 jump {web} comment \"NetworkPolicy demo/allow-web\""),
+            "counter drop comment \"kube-nft: ingress not allowed by any NetworkPolicy\""
+                .to_string()
+        ]
+    );
+    assert_eq!(
+        t.sets[&format!("sel-{web}-v4")].comment.as_deref(),
+        Some("local pods selected by NetworkPolicy demo/allow-web")
+    );
+    let rule = &rendered_rules(&t, &web)[0];
     assert!(
         rule.starts_with("ip saddr @as-peer-")
             && rule.contains("-v4 meta l4proto . th dport @ports-")
@@ -353,18 +375,14 @@ fn default_deny_and_allow() {
         text.contains("elements = { tcp . 80, tcp . 8000-8080 }"),
         "{text}"
     );
-    assert!(text.contains("counter drop comment \"kube-nft: ingress not allowed"));
-    // Egress allows with return so the ingress check of a local peer still runs.
-    let eg_text: Vec<String> = t.chains[&eg]
-        .rules
-        .iter()
-        .map(|r| nft::render::render_rule(nft::Family::Inet, r))
-        .collect();
+    // Egress is judged in its own base chain, so its allow rules accept too.
+    let eg_text = rendered_rules(&t, &eg);
     assert!(
         eg_text[0].starts_with("meta l4proto . th dport @ports-")
-            && eg_text[0].contains(" return "),
+            && eg_text[0].contains(" accept "),
         "{eg_text:?}"
     );
+    assert!(text.contains("hook forward priority -1"), "{text}");
 }
 
 #[test]
@@ -453,12 +471,16 @@ fn named_ports_and_ipv6() {
     let t = render(&cluster(&objects));
     assert_loads(&t);
     let text = render_text(&t);
-    // Ingress named ports resolve per pod: web and web2 get different chains,
-    // and each chain serves both of its pod's addresses.
-    let web = chain_of(&t, "ingress-class-v4", "10.0.1.10").unwrap();
-    let web2 = chain_of(&t, "ingress-class-v4", "10.0.1.13").unwrap();
+    // Ingress named ports resolve per pod: web and web2 get different policy
+    // chains, and each chain serves both of its pod's addresses.
+    let web = policy_chain_of(&t, "in", "10.0.1.10");
+    let web2 = policy_chain_of(&t, "in", "10.0.1.13");
     assert_ne!(web, web2);
-    assert_eq!(chain_of(&t, "ingress-class-v6", "fd00:10::10"), Some(web));
+    assert_eq!(policy_chain_of(&t, "in", "fd00:10::10"), web);
+    assert_eq!(
+        chain_of(&t, "ingress-class-v6", "fd00:10::10").as_deref(),
+        Some("in-ns-demo")
+    );
     assert!(
         text.contains("meta l4proto tcp th dport 8080 accept"),
         "{text}"
@@ -478,10 +500,19 @@ fn named_ports_and_ipv6() {
     );
     assert!(text.contains("fd00:10::10 . tcp . 9090"), "{text}");
     assert!(text.contains("ip6 daddr @as-peer-"), "{text}");
-    // A dual-stack pod has one chain per direction, reached from both maps.
-    let client = chain_of(&t, "egress-class-v4", "10.0.1.11");
-    assert!(client.is_some());
-    assert_eq!(chain_of(&t, "egress-class-v6", "fd00:10::11"), client);
+    // A dual-stack pod has one chain per policy, guarded for both families.
+    let client = policy_chain_of(&t, "eg", "10.0.1.11");
+    assert_eq!(policy_chain_of(&t, "eg", "fd00:10::11"), client);
+    let guards = rendered_rules(&t, "eg-ns-demo");
+    assert!(
+        guards
+            .iter()
+            .any(|g| g.starts_with(&format!("ip saddr @sel-{client}-v4 jump")))
+            && guards
+                .iter()
+                .any(|g| g.starts_with(&format!("ip6 saddr @sel-{client}-v6 jump"))),
+        "{guards:?}"
+    );
 }
 
 #[test]
@@ -503,11 +534,14 @@ fn many_pods_share_chains() {
     }
     let t = render(&cluster(&objects));
     assert_loads(&t);
-    // One ingress and one egress chain for 1,000 pods, plus the base chains.
-    assert_eq!(t.chains.len(), 4, "{:?}", chain_names(&t));
-    assert_eq!(small.chains.len(), 2);
+    // One namespace chain and one policy chain per direction for 1,000 pods,
+    // plus the base chains.
+    assert_eq!(t.chains.len(), 7, "{:?}", chain_names(&t));
+    assert_eq!(small.chains.len(), 3);
     assert_eq!(t.sets["ingress-class-v4"].elements.len(), 1000);
     assert_eq!(t.sets["egress-class-v4"].elements.len(), 1000);
+    let web = policy_chain_of(&t, "in", "10.1.0.1");
+    assert_eq!(t.sets[&format!("sel-{web}-v4")].elements.len(), 1000);
 }
 
 // ---------------------------------------------------------------------------
@@ -573,12 +607,14 @@ fn pod_added_adds_elements_only() {
     ));
     let new = render(&cluster(&objects));
     let peers = set_named(&new, "as-peer-", "role=client");
+    let dns = format!("sel-{}-v4", policy_chain_of(&new, "eg", "10.0.1.14"));
     assert_eq!(
         diff(Some(&old), &new),
         batch(vec![
             added(&new, &peers, "10.0.1.14"),
             added(&new, "egress-class-v4", "10.0.1.14"),
             added(&new, "ingress-class-v4", "10.0.1.14"),
+            added(&new, &dns, "10.0.1.14"),
         ])
     );
     // The new pod joined existing chains.
@@ -606,21 +642,19 @@ fn pod_relabelled_into_and_out_of_selectors() {
         batch(vec![deleted(&peers, "10.0.1.12")])
     );
 
-    // demo/other → app=web: now selected by allow-web: its ingress element moves
-    // to the (existing) web chain. Exactly one class-map (data) element changes;
-    // no verdict element does.
+    // demo/other → app=web: now selected by allow-web: it joins the selection
+    // set of the (existing) allow-web chain. One element, no rule, no verdict.
     let web = relabel(json!({"app": "web"}));
-    let web_chain = chain_of(&old, "ingress-class-v4", "10.0.1.10").unwrap();
-    assert_eq!(
-        chain_of(&web, "ingress-class-v4", "10.0.1.12"),
-        Some(web_chain)
-    );
+    let web_chain = policy_chain_of(&old, "in", "10.0.1.10");
+    assert_eq!(policy_chain_of(&web, "in", "10.0.1.12"), web_chain);
+    let sel = format!("sel-{web_chain}-v4");
     assert_eq!(
         diff(Some(&old), &web),
-        batch(vec![
-            deleted("ingress-class-v4", "10.0.1.12"),
-            added(&web, "ingress-class-v4", "10.0.1.12"),
-        ])
+        batch(vec![added(&web, &sel, "10.0.1.12")])
+    );
+    assert_eq!(
+        diff(Some(&web), &old),
+        batch(vec![deleted(&sel, "10.0.1.12")])
     );
 }
 
@@ -653,21 +687,26 @@ fn namespace_relabel_changes_set_elements_only() {
     );
 }
 
-/// Only chains that are new or gone appear in the batch; surviving chains are
-/// neither flushed, deleted nor re-filled.
+/// Only chains that are new or gone appear in the batch, plus namespace
+/// chains, whose guard list is rewritten whole; other surviving chains are
+/// neither flushed, deleted nor re-filled, and no pod changes class.
 fn assert_only_changed_chains(old: &Table, new: &Table) -> (BTreeSet<String>, BTreeSet<String>) {
     let b = diff(Some(old), new);
     let (o, n) = (chain_names(old), chain_names(new));
     let gone: BTreeSet<String> = o.difference(&n).cloned().collect();
     let came: BTreeSet<String> = n.difference(&o).cloned().collect();
+    let ns = |c: &str| c.starts_with("in-ns-") || c.starts_with("eg-ns-");
     for op in &b.ops {
         match op {
-            Op::FlushChain(c) | Op::DeleteChain(c) => assert!(gone.contains(c), "{op:?}"),
+            Op::FlushChain(c) => assert!(gone.contains(c) || ns(c), "{op:?}"),
+            Op::DeleteChain(c) => assert!(gone.contains(c), "{op:?}"),
             Op::AddChain(c) => assert!(came.contains(&c.name), "{op:?}"),
-            Op::AddRule { chain, .. } => assert!(came.contains(chain), "{op:?}"),
+            Op::AddRule { chain, .. } => assert!(came.contains(chain) || ns(chain), "{op:?}"),
             Op::AddTable { .. } | Op::DeleteTable => panic!("{op:?}"),
             Op::AddSet(_) | Op::DeleteSet(_) | Op::FlushSet(_) => {}
-            Op::AddElements { .. } | Op::DeleteElements { .. } => {}
+            Op::AddElements { set, .. } | Op::DeleteElements { set, .. } => {
+                assert!(!set.contains("-class-"), "{op:?}")
+            }
         }
     }
     for c in &gone {
@@ -679,15 +718,26 @@ fn assert_only_changed_chains(old: &Table, new: &Table) -> (BTreeSet<String>, BT
     (gone, came)
 }
 
+fn set_ops(b: &Batch) -> BTreeSet<String> {
+    b.ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::AddSet(s) => Some(format!("add {}", s.name)),
+            Op::DeleteSet(s) => Some(format!("delete {s}")),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn policy_created_changed_deleted_touch_only_affected_chains() {
     let old = render(&cluster(&base_objects()));
-    let eg = chain_of(&old, "egress-class-v4", "10.0.1.10").unwrap();
-    let web_in = chain_of(&old, "ingress-class-v4", "10.0.1.10").unwrap();
-    let deny_in = chain_of(&old, "ingress-class-v4", "10.0.1.11").unwrap();
+    let eg = policy_chain_of(&old, "eg", "10.0.1.10");
+    let web_in = policy_chain_of(&old, "in", "10.0.1.10");
 
-    // Created: web may also be reached from mon. Only web's ingress chain is
-    // replaced; the shared deny chain and the egress chain are untouched.
+    // Created: web may also be reached from mon. One policy chain comes, with
+    // its peer and selection sets; the namespace chain gets its guard; no
+    // other chain changes and no pod changes class.
     let mut objects = base_objects();
     objects.push(policy(
         "demo",
@@ -699,41 +749,28 @@ fn policy_created_changed_deleted_touch_only_affected_chains() {
     ));
     let created = render(&cluster(&objects));
     let (gone, came) = assert_only_changed_chains(&old, &created);
-    assert_eq!(gone, [web_in.clone()].into());
+    assert!(gone.is_empty(), "{gone:?}");
     assert_eq!(came.len(), 1);
-    let new_web = came.iter().next().unwrap().clone();
-    let b = diff(Some(&old), &created);
-    let new_set = set_named(&created, "as-peer-", "team=b");
+    let from_mon = came.iter().next().unwrap().clone();
     assert_eq!(
-        b,
-        batch(
-            [
-                vec![
-                    Op::FlushChain(web_in.clone()),
-                    chain_deleted(&old, &web_in),
-                    deleted("ingress-class-v4", "10.0.1.10"),
-                    Op::DeleteChain(web_in.clone()),
-                    Op::AddSet(nft::diff::header_of_set(&created.sets[&new_set])),
-                    Op::AddChain(nft::diff::header_of_chain(&created.chains[&new_web])),
-                    chain_added(&created, &new_web),
-                    added(&created, "ingress-class-v4", "10.0.1.10"),
-                    added(&created, &new_set, "10.0.1.20"),
-                ],
-                created.chains[&new_web]
-                    .rules
-                    .iter()
-                    .map(|r| Op::AddRule {
-                        chain: new_web.clone(),
-                        rule: r.clone()
-                    })
-                    .collect(),
-            ]
-            .concat()
-        )
+        created.chains[&from_mon].comment.as_deref(),
+        Some("ingress: NetworkPolicy demo/from-mon")
     );
+    assert_eq!(
+        policy_chains_of(&created, "in", "10.0.1.10"),
+        [web_in.clone(), from_mon.clone()].into()
+    );
+    let b = diff(Some(&old), &created);
+    let peers = set_named(&created, "as-peer-", "team=b");
+    assert_eq!(
+        set_ops(&b),
+        [format!("add {peers}"), format!("add sel-{from_mon}-v4")].into()
+    );
+    assert!(b.ops.contains(&Op::FlushChain("in-ns-demo".into())));
+    assert_eq!(rendered_rules(&created, "in-ns-demo").len(), 3);
 
     // Changed: allow-web's port list changes → a new ports set and a new web
-    // chain; the old ones go.
+    // chain with its selection set; the old ones go.
     let mut objects = base_objects();
     objects[7] = policy(
         "demo",
@@ -748,24 +785,22 @@ fn policy_created_changed_deleted_touch_only_affected_chains() {
     let (gone, came) = assert_only_changed_chains(&old, &changed);
     assert_eq!(gone, [web_in.clone()].into());
     assert_eq!(came.len(), 1);
-    assert!(changed.chains.contains_key(&eg) && changed.chains.contains_key(&deny_in));
+    assert!(changed.chains.contains_key(&eg));
     let b = diff(Some(&old), &changed);
-    let set_ops: Vec<&Op> = b
-        .ops
-        .iter()
-        .filter(|op| matches!(op, Op::AddSet(_) | Op::DeleteSet(_)))
-        .collect();
-    assert_eq!(set_ops.len(), 2, "{set_ops:?}"); // ports set replaced
+    let ops = set_ops(&b);
+    assert_eq!(ops.len(), 4, "{ops:?}"); // ports and selection sets replaced
+    assert!(ops.contains(&format!("delete sel-{web_in}-v4")), "{ops:?}");
 
-    // Deleted: allow-dns goes: every demo pod's egress chain becomes the deny
-    // chain; the old egress chain and its ports set go.
+    // Deleted: allow-dns goes: the demo pods stay in their namespace chain,
+    // which now drops all egress; the dns chain and its sets go.
     let mut objects = base_objects();
     objects.remove(8);
     let removed = render(&cluster(&objects));
     let (gone, came) = assert_only_changed_chains(&old, &removed);
     assert_eq!(gone, [eg].into());
-    assert_eq!(came.len(), 1);
-    assert!(removed.chains.contains_key(&web_in) && removed.chains.contains_key(&deny_in));
+    assert!(came.is_empty(), "{came:?}");
+    assert!(removed.chains.contains_key(&web_in));
+    assert_eq!(rendered_rules(&removed, "eg-ns-demo").len(), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -887,19 +922,15 @@ fn ir_edge_cases() {
         "{text}"
     );
     assert!(text.contains("meta l4proto sctp accept"), "{text}");
-    let b = chain_of(&t, "ingress-class-v4", "10.0.0.2").unwrap();
-    let rules: Vec<String> = t.chains[&b]
-        .rules
-        .iter()
-        .map(|r| nft::render::render_rule(nft::Family::Inet, r))
-        .collect();
-    assert_eq!(rules.len(), 2, "{rules:?}");
+    // b: the empty range and the except-everything block render no rule.
+    let rules = rendered_rules(&t, &policy_chain_of(&t, "in", "10.0.0.2"));
+    assert_eq!(rules.len(), 1, "{rules:?}");
     assert!(
         rules[0].starts_with("ip saddr @as-missing-v4 accept"),
         "{rules:?}"
     );
     assert!(t.sets["as-missing-v4"].elements.is_empty());
-    let c = chain_of(&t, "ingress-class-v6", "fd00::2").unwrap();
+    let c = policy_chain_of(&t, "in", "fd00::2");
     let c_rule = nft::render::render_rule(nft::Family::Inet, &t.chains[&c].rules[0]);
     assert!(c_rule.starts_with("ip6 saddr @asx-"), "{c_rule}");
     // The v6-only pod's chain uses only the v6 half of the set.

@@ -5,34 +5,42 @@
 //!
 //! - Address-set element changes become element adds/removes in the `as-*` /
 //!   `asp-*` sets the committed table holds.
-//! - A pod whose rule list changed gets its chain rendered alone
-//!   ([`pod_chain`], the same code as the full render) and named by its
-//!   content: when the committed table has that chain, only the pod's
-//!   class-map elements change (delete + add of data elements: no verdict, so
-//!   no jump-graph validation in the kernel); otherwise the chain (and any set
-//!   it uses that the table lacks) is added first, with its one
-//!   `*-chains` verdict element.
-//! - Reference counts (class-map elements per chain, rules per set) say when a
-//!   chain or set is no longer used; it is then removed, after its users.
+//! - A pod whose rule list changed gets its policy chains rendered alone
+//!   ([`pod_policy_chains`], the same code as the full render) and named by
+//!   their content. When the committed table has them, only the pod's elements
+//!   change: its IPs in the selection sets `sel-<chain>-v4/-v6` and in the
+//!   class maps (no rule, no verdict: no jump-graph validation in the kernel).
+//!   A policy chain the table lacks is added (with any set it uses that the
+//!   table lacks) and its namespace chain is rewritten with the new guard
+//!   (flush + the full guard list, one atomic batch); the same for a chain
+//!   that loses its last pod. A namespace chain with no pod left goes away
+//!   with its `*-chains` element; a new one comes with it.
+//! - Reference counts (class-map elements per namespace chain, selection-set
+//!   elements per policy chain, rules per set) say when an object is no
+//!   longer used; it is then removed, after its users.
 //! - A class id the committed table gives another chain (a collision the full
 //!   render resolves by renaming, see [`super::policy`]) is a
 //!   [`DeltaError::ClassCollision`]: the caller falls back to a full sync.
 //!
-//! Order inside the batch: new sets (with elements), new chains (headers, then
-//! rules), their `*-chains` elements, element changes of existing sets,
-//! class-map element deletes then adds, then the `*-chains` elements of unused
-//! chains, the chains (flush, delete) and unused sets.
+//! Order inside the batch: new sets, new policy chains (headers, then rules),
+//! new and rewritten namespace chains and their `*-chains` elements, element
+//! changes of existing address sets, selection-set and class-map element
+//! deletes then adds, then what nothing uses any more: `*-chains` elements,
+//! namespace chains, policy chains, sets.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kube_nft_crds::ir::{AddressSet, PodPolicy};
 use nft::diff::{elem_chain_ref, header_of_chain, header_of_set, rule_refs};
-use nft::{Batch, ElemKey, ElemValue, Op, Table};
+use nft::{Batch, ElemKey, ElemValue, Op, Rule, Set, Table};
 
 use super::names::ir_object_name;
 use super::policy::{
-    chain_dir, chains_element, chains_map, class_element, class_id, class_key, class_map,
-    element_class, ip_key, ir_element_key, ir_set_elements, pod_chain, Dir, Fam, PodChain,
+    chains_element, chains_map, class_element, class_id, class_key, class_map, element_class,
+    ip_key, ir_element_key, ir_set_elements, ns_chain_guards, ns_chain_header, ns_chain_name,
+    ns_chain_rules, pod_policy_chains, sel_element, sel_set, sel_set_header, Dir, Fam, Guards,
+    PolicyChain,
 };
 use crate::policy::incremental::IrDelta;
 
@@ -61,7 +69,9 @@ pub enum DeltaError {
 /// [`DeltaRenderer::new`] from the committed table.
 #[derive(Debug, Clone, Default)]
 pub struct DeltaRenderer {
-    /// Class-map elements holding the class id of each chain.
+    /// Class-map elements dispatching to each namespace chain.
+    ns_refs: HashMap<String, usize>,
+    /// Selection-set elements of each policy chain.
     chain_refs: HashMap<String, usize>,
     /// Rules naming each set.
     set_refs: HashMap<String, usize>,
@@ -70,24 +80,56 @@ pub struct DeltaRenderer {
 /// Counts one batch changes.
 #[derive(Default)]
 struct Changes {
+    ns: HashMap<String, isize>,
     chains: HashMap<String, isize>,
     sets: HashMap<String, isize>,
+}
+
+impl Changes {
+    fn rules(&mut self, rules: &[Rule], d: isize) {
+        for rule in rules {
+            for s in rule_refs(rule).sets {
+                *self.sets.entry(s.to_string()).or_insert(0) += d;
+            }
+        }
+    }
+}
+
+/// A namespace chain a batch touches.
+struct NsChain {
+    dir: Dir,
+    namespace: String,
+    class: u32,
+}
+
+/// The policy chain and family a selection set belongs to.
+fn sel_owner(set: &str) -> Option<(&str, Fam)> {
+    let rest = set.strip_prefix("sel-")?;
+    Fam::ALL.into_iter().find_map(|fam| {
+        let chain = rest.strip_suffix(fam.suffix())?.strip_suffix('-')?;
+        Some((chain, fam))
+    })
 }
 
 impl DeltaRenderer {
     /// Counts the references in `committed` (one pass over the table).
     pub fn new(committed: &Table) -> DeltaRenderer {
         let mut r = DeltaRenderer::default();
-        for dir in [Dir::Ingress, Dir::Egress] {
+        for dir in Dir::ALL {
             for fam in Fam::ALL {
                 let Some(s) = committed.sets.get(&class_map(dir, fam)) else {
                     continue;
                 };
                 for v in s.elements.values() {
                     if let Some(c) = element_class(v).and_then(|c| chain_of(committed, dir, c)) {
-                        *r.chain_refs.entry(c.to_string()).or_insert(0) += 1;
+                        *r.ns_refs.entry(c.to_string()).or_insert(0) += 1;
                     }
                 }
+            }
+        }
+        for (name, set) in &committed.sets {
+            if let Some((chain, _)) = sel_owner(name) {
+                *r.chain_refs.entry(chain.to_string()).or_insert(0) += set.elements.len();
             }
         }
         for c in committed.chains.values() {
@@ -112,19 +154,29 @@ impl DeltaRenderer {
     ) -> Result<Batch, DeltaError> {
         let mut b = Batch::new(committed.family, committed.name.clone());
         let mut changes = Changes::default();
-        let mut new_chains: BTreeMap<String, PodChain> = BTreeMap::new();
-        let mut map_dels: BTreeMap<String, Vec<ElemKey>> = BTreeMap::new();
-        let mut map_adds: BTreeMap<String, Vec<(ElemKey, ElemValue)>> = BTreeMap::new();
-        // Class ids of the chains this batch adds: (egress, id) → chain.
+        // Policy chains the committed table lacks, as rendered for a pod.
+        let mut new_chains: BTreeMap<String, PolicyChain> = BTreeMap::new();
+        // The namespace chain of each policy chain this batch may add or drop.
+        let mut home: BTreeMap<String, String> = BTreeMap::new();
+        // Namespace chains the batch touches.
+        let mut ns_chains: BTreeMap<String, NsChain> = BTreeMap::new();
+        // Class ids of the namespace chains this batch adds: (egress, id) → chain.
         let mut new_classes: BTreeMap<(bool, u32), String> = BTreeMap::new();
+        let mut dels: BTreeMap<String, Vec<ElemKey>> = BTreeMap::new();
+        let mut adds: BTreeMap<String, Vec<(ElemKey, ElemValue)>> = BTreeMap::new();
 
-        // 1. Pods: their chains and dispatch elements.
+        // 1. Pods: their dispatch and selection elements.
         for pd in delta.pods.values() {
             let old = pd.old.as_ref().filter(|_| pd.old_node == node);
             let new = pd.new.as_ref().filter(|_| pd.new_node == node);
-            for dir in [Dir::Ingress, Dir::Egress] {
-                let mut before: BTreeMap<(String, ElemKey), ElemValue> = BTreeMap::new();
-                if let Some(pp) = old.filter(|p| isolated(p, dir)) {
+            for dir in Dir::ALL {
+                let old = old.filter(|p| isolated(p, dir));
+                let new = new.filter(|p| isolated(p, dir));
+                // (set, key) → (element, chain it counts for).
+                let mut before: BTreeMap<(String, ElemKey), (ElemValue, String)> = BTreeMap::new();
+                let mut after: BTreeMap<(String, ElemKey), (ElemValue, String)> = BTreeMap::new();
+                if let Some(pp) = old {
+                    let ns_chain = ns_chain_name(dir, &pp.namespace);
                     for ip in &pp.ips {
                         let map = class_map(dir, Fam::of(ip));
                         let set = committed
@@ -133,133 +185,162 @@ impl DeltaRenderer {
                             .ok_or_else(|| DeltaError::NoDispatchMap(map.clone()))?;
                         let key = ip_key(ip);
                         if let Some(v) = set.elements.get(&key) {
-                            before.insert((map, key), v.clone());
+                            let chain = element_class(v)
+                                .and_then(|c| chain_of(committed, dir, c))
+                                .unwrap_or_default()
+                                .to_string();
+                            before.insert((map, key), (v.clone(), chain));
                         }
                     }
+                    for pc in pod_policy_chains(dir, rules(pp, dir), &pp.ips, address_sets) {
+                        for ip in &pp.ips {
+                            let set = sel_set(&pc.name, Fam::of(ip));
+                            let key = ip_key(ip);
+                            let have = committed.sets.get(&set).and_then(|s| s.elements.get(&key));
+                            if let Some(v) = have {
+                                before.insert((set, key), (v.clone(), pc.name.clone()));
+                            }
+                        }
+                        home.insert(pc.name, ns_chain.clone());
+                    }
                 }
-                let mut after: BTreeMap<(String, ElemKey), ElemValue> = BTreeMap::new();
-                if let Some(pp) = new.filter(|p| isolated(p, dir)) {
-                    let rules = match dir {
-                        Dir::Ingress => &pp.ingress,
-                        Dir::Egress => &pp.egress,
-                    };
-                    if let Some(pc) = pod_chain(dir, rules, &pp.ips, address_sets) {
+                if let Some(pp) = new {
+                    let (ns_chain, class) =
+                        self.ns_chain(committed, dir, &pp.namespace, &mut new_classes)?;
+                    ns_chains.entry(ns_chain.clone()).or_insert(NsChain {
+                        dir,
+                        namespace: pp.namespace.clone(),
+                        class,
+                    });
+                    for ip in &pp.ips {
+                        let v = class_element(&pp.namespace, &pp.name, class);
+                        after.insert(
+                            (class_map(dir, Fam::of(ip)), ip_key(ip)),
+                            (v, ns_chain.clone()),
+                        );
+                    }
+                    for pc in pod_policy_chains(dir, rules(pp, dir), &pp.ips, address_sets) {
                         if let Some(have) = committed.chains.get(&pc.name) {
                             let want = &pc.objects.chains[&pc.name];
                             if have.rules != want.rules || have.comment != want.comment {
                                 return Err(DeltaError::ChainContent(pc.name));
                             }
                         }
-                        let Some(class) = pc.class else {
-                            return Err(DeltaError::ClassCollision(pc.name));
-                        };
-                        // The id must be this chain's in the committed table (or
-                        // free, for a new chain), and not another new chain's.
-                        let chains = chains_map(dir);
-                        let owner = committed
-                            .sets
-                            .get(&chains)
-                            .ok_or_else(|| DeltaError::NoDispatchMap(chains.clone()))?
-                            .elements
-                            .get(&class_key(class))
-                            .and_then(elem_chain_ref);
-                        let exists = committed.chains.contains_key(&pc.name);
-                        let ok = match owner {
-                            Some(o) => o == pc.name,
-                            None => !exists,
-                        };
-                        let new_owner = new_classes.entry((dir == Dir::Egress, class));
-                        let new_ok = match &new_owner {
-                            std::collections::btree_map::Entry::Occupied(o) => *o.get() == pc.name,
-                            std::collections::btree_map::Entry::Vacant(_) => true,
-                        };
-                        if !ok || !new_ok {
-                            return Err(DeltaError::ClassCollision(pc.name));
-                        }
-                        if !exists {
-                            new_owner.or_insert_with(|| pc.name.clone());
-                        }
                         for ip in &pp.ips {
-                            let map = class_map(dir, Fam::of(ip));
-                            let v = class_element(&pp.namespace, &pp.name, class);
-                            after.insert((map, ip_key(ip)), v);
+                            let v = sel_element(&pp.namespace, &pp.name);
+                            after.insert(
+                                (sel_set(&pc.name, Fam::of(ip)), ip_key(ip)),
+                                (v, pc.name.clone()),
+                            );
                         }
-                        if !exists {
+                        home.insert(pc.name.clone(), ns_chain.clone());
+                        if !committed.chains.contains_key(&pc.name) {
                             new_chains.entry(pc.name.clone()).or_insert(pc);
                         }
                     }
                 }
-                for (k, v) in &before {
-                    if after.get(k) != Some(v) {
-                        map_dels.entry(k.0.clone()).or_default().push(k.1.clone());
-                        if let Some(c) = element_class(v).and_then(|c| chain_of(committed, dir, c))
-                        {
-                            *changes.chains.entry(c.to_string()).or_insert(0) -= 1;
-                        }
+                for (k, (v, chain)) in &before {
+                    if after.get(k).map(|a| &a.0) != Some(v) {
+                        dels.entry(k.0.clone()).or_default().push(k.1.clone());
+                        count(&mut changes, &k.0, chain, -1);
                     }
                 }
-                for (k, v) in after {
-                    if before.get(&k) != Some(&v) {
-                        // `after` holds only this pod's chain, new or committed.
-                        let class = element_class(&v);
-                        let c = class.and_then(|c| {
-                            chain_of(committed, dir, c)
-                                .map(str::to_string)
-                                .or_else(|| new_classes.get(&(dir == Dir::Egress, c)).cloned())
-                        });
-                        if let Some(c) = c {
-                            *changes.chains.entry(c).or_insert(0) += 1;
-                        }
-                        map_adds.entry(k.0).or_default().push((k.1, v));
+                for (k, (v, chain)) in after {
+                    if before.get(&k).map(|b| &b.0) != Some(&v) {
+                        count(&mut changes, &k.0, &chain, 1);
+                        adds.entry(k.0).or_default().push((k.1, v));
                     }
                 }
             }
         }
 
-        // 2. Chains that come and go, and what that does to set references.
+        // 2. Policy chains that come and go, and the guards that follow them.
         let mut add_chains = Vec::new();
         let mut dying_chains = Vec::new();
-        for (name, d) in &changes.chains {
+        let mut rewrite: BTreeMap<String, Guards> = BTreeMap::new();
+        let mut chain_deltas: Vec<(&String, &isize)> = changes.chains.iter().collect();
+        chain_deltas.sort();
+        for (name, d) in chain_deltas {
             let after = self.chain_refs.get(name).copied().unwrap_or(0) as isize + d;
             let exists = committed.chains.contains_key(name);
+            let Some(ns_chain) = home.get(name) else {
+                continue;
+            };
             if after <= 0 && exists {
                 dying_chains.push(name.clone());
-                for rule in &committed.chains[name].rules {
-                    for s in rule_refs(rule).sets {
-                        *changes.sets.entry(s.to_string()).or_insert(0) -= 1;
-                    }
-                }
+                guards_of(&mut rewrite, committed, ns_chain).retain(|(c, _), _| c != name);
             } else if after > 0 && !exists {
                 let pc = &new_chains[name];
-                for rule in &pc.objects.chains[name].rules {
-                    for s in rule_refs(rule).sets {
-                        *changes.sets.entry(s.to_string()).or_insert(0) += 1;
-                    }
+                let guards = guards_of(&mut rewrite, committed, ns_chain);
+                for &fam in &pc.fams {
+                    guards.insert((name.clone(), fam), pc.policy.clone());
                 }
                 add_chains.push(name.clone());
             }
         }
-        add_chains.sort();
-        dying_chains.sort();
-        let mut add_sets = BTreeSet::new();
-        let mut dying_sets = BTreeSet::new();
+        let mut sets_born: BTreeMap<String, Set> = BTreeMap::new();
+        let mut sets_dying: BTreeSet<String> = BTreeSet::new();
+        for name in &dying_chains {
+            changes.rules(&committed.chains[name].rules, -1);
+        }
+        for name in &add_chains {
+            let pc = &new_chains[name];
+            changes.rules(&pc.objects.chains[name].rules, 1);
+            for &fam in &pc.fams {
+                sets_born.insert(sel_set(name, fam), sel_set_header(name, fam, &pc.policy));
+            }
+        }
+
+        // 3. Namespace chains: born, rewritten, dying.
+        let mut ns_born = Vec::new();
+        let mut ns_dying = Vec::new();
+        let mut ns_deltas: Vec<(&String, &isize)> = changes.ns.iter().collect();
+        ns_deltas.sort();
+        for (name, d) in ns_deltas {
+            let after = self.ns_refs.get(name).copied().unwrap_or(0) as isize + d;
+            let exists = committed.chains.contains_key(name);
+            if after <= 0 && exists {
+                ns_dying.push(name.clone());
+                rewrite.remove(name);
+            } else if after > 0 && !exists {
+                ns_born.push(name.clone());
+                rewrite.entry(name.clone()).or_default();
+            }
+        }
+        for name in &ns_dying {
+            changes.rules(&committed.chains[name].rules, -1);
+        }
+        let mut ns_rules: BTreeMap<String, Vec<Rule>> = BTreeMap::new();
+        for (name, guards) in &rewrite {
+            let dir = match ns_chains.get(name) {
+                Some(ns) => ns.dir,
+                None => super::policy::chain_dir(name).expect("namespace chains are in-/eg-"),
+            };
+            if let Some(have) = committed.chains.get(name) {
+                changes.rules(&have.rules, -1);
+            }
+            let rules = ns_chain_rules(dir, guards);
+            changes.rules(&rules, 1);
+            ns_rules.insert(name.clone(), rules);
+        }
+
+        // 4. Sets that come and go.
         for (name, d) in &changes.sets {
             let after = self.set_refs.get(name).copied().unwrap_or(0) as isize + d;
             let exists = committed.sets.contains_key(name);
             if after <= 0 && exists {
-                dying_sets.insert(name.clone());
-            } else if after > 0 && !exists {
-                add_sets.insert(name.clone());
+                sets_dying.insert(name.clone());
+            } else if after > 0 && !exists && !sets_born.contains_key(name) {
+                let set = new_chains
+                    .values()
+                    .find_map(|pc| pc.objects.sets.get(name))
+                    .expect("a new set is used by a new chain");
+                sets_born.insert(name.clone(), set.clone());
             }
         }
-
-        // 3. New sets with their elements.
-        for name in &add_sets {
-            let (set, ir) = new_chains
-                .values()
-                .find_map(|pc| Some((pc.objects.sets.get(name)?, pc.ir_sets.get(name))))
-                .expect("a new set is used by a new chain");
+        for (name, set) in &sets_born {
             b.ops.push(Op::AddSet(header_of_set(set)));
+            let ir = new_chains.values().find_map(|pc| pc.ir_sets.get(name));
             let elements: Vec<(ElemKey, ElemValue)> = match ir {
                 Some(r) => ir_set_elements(r, address_sets).into_iter().collect(),
                 None => set
@@ -275,7 +356,8 @@ impl DeltaRenderer {
                 });
             }
         }
-        // 4. New chains.
+
+        // 5. New policy chains, then namespace chains (which jump to them).
         for name in &add_chains {
             b.ops.push(Op::AddChain(header_of_chain(
                 &new_chains[name].objects.chains[name],
@@ -289,23 +371,32 @@ impl DeltaRenderer {
                 });
             }
         }
-        // Their `*-chains` elements: the only verdict elements a batch adds.
-        let chains_elements = |names: &[String]| {
-            let mut by_map: BTreeMap<String, Vec<(ElemKey, ElemValue)>> = BTreeMap::new();
-            for name in names {
-                let dir = chain_dir(name).expect("a policy chain is in- or eg-");
-                let class = class_id(dir, name).expect("checked when the chain was chosen");
-                by_map
-                    .entry(chains_map(dir))
-                    .or_default()
-                    .push((class_key(class), chains_element(name)));
+        for name in &ns_born {
+            let ns = &ns_chains[name];
+            b.ops
+                .push(Op::AddChain(ns_chain_header(ns.dir, name, &ns.namespace)));
+        }
+        for (name, rules) in &ns_rules {
+            if committed
+                .chains
+                .get(name)
+                .is_some_and(|c| !c.rules.is_empty())
+            {
+                b.ops.push(Op::FlushChain(name.clone()));
             }
-            by_map
-        };
-        for (set, elements) in chains_elements(&add_chains) {
+            for rule in rules {
+                b.ops.push(Op::AddRule {
+                    chain: name.clone(),
+                    rule: rule.clone(),
+                });
+            }
+        }
+        // Their `*-chains` elements: the only verdict elements a batch adds.
+        for (set, elements) in chains_elements(&ns_born, &ns_chains) {
             b.ops.push(Op::AddElements { set, elements });
         }
-        // 5. Element changes of surviving address sets.
+
+        // 6. Element changes of surviving address sets.
         for (ir_name, sd) in &delta.sets {
             if sd.deleted {
                 continue;
@@ -313,7 +404,7 @@ impl DeltaRenderer {
             for fam in Fam::ALL {
                 for (prefix, ports) in [("as", false), ("asp", true)] {
                     let nft_name = ir_object_name(prefix, ir_name, fam.suffix());
-                    if dying_sets.contains(&nft_name) || add_sets.contains(&nft_name) {
+                    if sets_dying.contains(&nft_name) || sets_born.contains_key(&nft_name) {
                         continue;
                     }
                     let Some(have) = committed.sets.get(&nft_name) else {
@@ -375,34 +466,48 @@ impl DeltaRenderer {
                 }
             }
         }
-        // 6. Class maps: deletes, then adds (their chains exist by now).
-        for (set, keys) in map_dels {
-            b.ops.push(Op::DeleteElements { set, keys });
+        // 7. Selection sets and class maps: deletes, then adds (their chains
+        // exist by now).
+        for (set, keys) in dels {
+            if !sets_dying.contains(&set) {
+                b.ops.push(Op::DeleteElements { set, keys });
+            }
         }
-        for (set, elements) in map_adds {
+        for (set, elements) in adds {
             b.ops.push(Op::AddElements { set, elements });
         }
-        // 7. What nothing uses any more: `*-chains` elements, chains, then the
-        // sets they used.
-        for (set, elements) in chains_elements(&dying_chains) {
-            b.ops.push(Op::DeleteElements {
-                set,
-                keys: elements.into_iter().map(|(k, _)| k).collect(),
-            });
+        // 8. What nothing uses any more: `*-chains` elements, namespace
+        // chains, policy chains, then the sets they used.
+        let dying_classes: Vec<(String, ElemKey)> = ns_dying
+            .iter()
+            .filter_map(|name| {
+                let dir = super::policy::chain_dir(name)?;
+                Some((chains_map(dir), class_key(class_id(dir, name)?)))
+            })
+            .collect();
+        let mut by_map: BTreeMap<String, Vec<ElemKey>> = BTreeMap::new();
+        for (map, key) in dying_classes {
+            by_map.entry(map).or_default().push(key);
         }
-        for name in &dying_chains {
+        for (set, keys) in by_map {
+            b.ops.push(Op::DeleteElements { set, keys });
+        }
+        for name in ns_dying.iter().chain(&dying_chains) {
             if !committed.chains[name].rules.is_empty() {
                 b.ops.push(Op::FlushChain(name.clone()));
             }
         }
-        for name in &dying_chains {
+        for name in ns_dying.iter().chain(&dying_chains) {
             b.ops.push(Op::DeleteChain(name.clone()));
         }
-        for name in &dying_sets {
+        for name in &sets_dying {
             b.ops.push(Op::DeleteSet(name.clone()));
         }
 
         // The counts follow the batch.
+        for (name, d) in changes.ns {
+            bump(&mut self.ns_refs, name, d);
+        }
         for (name, d) in changes.chains {
             bump(&mut self.chain_refs, name, d);
         }
@@ -411,6 +516,97 @@ impl DeltaRenderer {
         }
         Ok(b)
     }
+
+    /// The namespace chain pods of `namespace` are dispatched to in `dir`, and
+    /// its class id, checked against the committed table and the chains this
+    /// batch adds.
+    fn ns_chain(
+        &self,
+        committed: &Table,
+        dir: Dir,
+        namespace: &str,
+        new_classes: &mut BTreeMap<(bool, u32), String>,
+    ) -> Result<(String, u32), DeltaError> {
+        let name = ns_chain_name(dir, namespace);
+        let Some(class) = class_id(dir, &name) else {
+            return Err(DeltaError::ClassCollision(name));
+        };
+        // The id must be this chain's in the committed table (or free, for a
+        // new chain), and not another new chain's.
+        let chains = chains_map(dir);
+        let owner = committed
+            .sets
+            .get(&chains)
+            .ok_or_else(|| DeltaError::NoDispatchMap(chains.clone()))?
+            .elements
+            .get(&class_key(class))
+            .and_then(elem_chain_ref);
+        let exists = committed.chains.contains_key(&name);
+        let ok = match owner {
+            Some(o) => o == name,
+            None => !exists,
+        };
+        let new_ok = match new_classes.entry((dir == Dir::Egress, class)) {
+            Entry::Occupied(o) => *o.get() == name,
+            Entry::Vacant(v) => {
+                if !exists {
+                    v.insert(name.clone());
+                }
+                true
+            }
+        };
+        if !ok || !new_ok {
+            return Err(DeltaError::ClassCollision(name));
+        }
+        Ok((name, class))
+    }
+}
+
+/// The guards of namespace chain `ns_chain` as this batch rewrites them,
+/// starting from the committed ones.
+fn guards_of<'a>(
+    rewrite: &'a mut BTreeMap<String, Guards>,
+    committed: &Table,
+    ns_chain: &str,
+) -> &'a mut Guards {
+    rewrite.entry(ns_chain.to_string()).or_insert_with(|| {
+        committed
+            .chains
+            .get(ns_chain)
+            .map(ns_chain_guards)
+            .unwrap_or_default()
+    })
+}
+
+/// Counts an element change of `set` for the chain it belongs to: class-map
+/// elements count for namespace chains, selection-set elements for policy
+/// chains.
+fn count(changes: &mut Changes, set: &str, chain: &str, d: isize) {
+    if chain.is_empty() {
+        return;
+    }
+    let counts = if set.starts_with("sel-") {
+        &mut changes.chains
+    } else {
+        &mut changes.ns
+    };
+    *counts.entry(chain.to_string()).or_insert(0) += d;
+}
+
+/// The `*-chains` elements of new namespace chains, by map.
+fn chains_elements(
+    names: &[String],
+    ns_chains: &BTreeMap<String, NsChain>,
+) -> BTreeMap<String, Vec<(ElemKey, ElemValue)>> {
+    let mut by_map: BTreeMap<String, Vec<(ElemKey, ElemValue)>> = BTreeMap::new();
+    for name in names {
+        let ns = &ns_chains[name];
+        by_map
+            .entry(chains_map(ns.dir))
+            .or_default()
+            .push((class_key(ns.class), chains_element(name)));
+    }
+    by_map
 }
 
 /// The chain class `class` of direction `dir` dispatches to in `committed`.
@@ -436,5 +632,12 @@ fn isolated(pp: &PodPolicy, dir: Dir) -> bool {
     match dir {
         Dir::Ingress => pp.ingress_isolated,
         Dir::Egress => pp.egress_isolated,
+    }
+}
+
+fn rules(pp: &PodPolicy, dir: Dir) -> &[kube_nft_crds::ir::IrRule] {
+    match dir {
+        Dir::Ingress => &pp.ingress,
+        Dir::Egress => &pp.egress,
     }
 }

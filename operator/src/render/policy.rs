@@ -2,43 +2,67 @@
 //! part of the kube-nft table (see the [module doc](super) for the layout and an
 //! example).
 //!
-//! Chains are shared by content: a pod's ingress (or egress) chain is the
-//! rendering of its rule list, named by a hash of that rendering, so 10,000 pods
-//! selected by the same policies share one chain, and a policy change creates
-//! new chains for the new content while untouched chains stay as they are (the
-//! diff then deletes chains nothing dispatches to any more).
+//! # Three levels: namespace chain, policy chains, selection sets
+//!
+//! A pod isolated in a direction is dispatched to the chain of its
+//! *namespace* for that direction (`in-ns-<namespace>` / `eg-ns-<namespace>`).
+//! That chain holds one guard per policy chain used in the namespace,
+//! `ip daddr @sel-<chain>-v4 jump <chain>`, and ends in `drop`. A *policy
+//! chain* (`in-<hash>` / `eg-<hash>`) holds the allow rules one NetworkPolicy
+//! gives a pod; it is named by a hash of its content, so every pod the policy
+//! selects shares it (pods whose named ports resolve differently get different
+//! chains). The *selection set* `sel-<chain>-v4` holds the IPs of the local
+//! pods that use the chain.
+//!
+//! Why this shape: the kernel re-validates the jump graph of the whole table
+//! (every rule of every chain reachable from a base chain) whenever a batch
+//! adds a rule or a `jump` element. A pod that is relabelled, created or
+//! deleted changes only which policies select it, which here is set elements:
+//! the selection sets, the class maps below and the peer address sets. Chains
+//! and rules appear only when a policy (or a new variant of its named ports)
+//! first applies to a pod of this node, and when a namespace gets its first
+//! isolated pod. One chain per *combination* of policies would instead create
+//! a chain on a large share of relabels (a pod's new label set is often a
+//! combination no other pod has), each costing a walk of the whole table;
+//! measured on the 10,000-pod bench that walk was 4–7 ms.
+//!
+//! Per packet, only NEW connections reach the dispatch (established and
+//! related ones are accepted first), and they pay two map lookups plus one set
+//! lookup per policy chain of their namespace.
 //!
 //! # Dispatch by class id
 //!
-//! Pods are not mapped to chains by a verdict map. Each chain has a 32-bit
-//! *class id* ([`class_id`], a hash of its name), and dispatch takes two lookups:
+//! Pods are not mapped to their namespace chain by a verdict map. Each
+//! namespace chain has a 32-bit *class id* ([`class_id`], a hash of its name),
+//! and dispatch takes two lookups:
 //!
 //! - the data maps `ingress-class-v4`/`-v6` and `egress-class-v4`/`-v6`
 //!   (`type ipv4_addr : mark`) map a local isolated pod's IP to the class id of
-//!   its chain; the base chain stores the id in the conntrack mark:
+//!   its namespace chain; the base chain stores the id in the conntrack mark:
 //!   `ct mark set ip saddr map @egress-class-v4` (a miss changes nothing);
 //! - the verdict maps `ingress-chains` / `egress-chains` (`type mark : verdict`)
-//!   hold one element per chain, `class id : jump <chain>`, applied by one rule
-//!   per direction after the lookups of both families: `ct mark vmap
-//!   @egress-chains`.
+//!   hold one element per namespace chain, `class id : jump <chain>`, applied
+//!   by one rule per base chain after the lookups of both families: `ct mark
+//!   vmap @egress-chains`.
 //!
-//! Why: adding a `jump` element to a verdict map (or any rule) makes the kernel
-//! re-validate the jump graph of the whole table on commit, walking every
-//! element of every verdict map once per rule that names the map, into its
-//! chain. With one verdict element per pod IP that is 20,000 walks for a
-//! 10,000-pod node; with one per chain it is the number of chains, three times
-//! (`forward` egress and ingress, `input` egress), and only when a chain is
-//! created. A pod that moves to an existing chain changes a data-map element,
-//! which no validation walks.
+//! Why: a `jump` element, like a rule, makes the kernel re-validate the table.
+//! With one verdict element per pod IP every new pod would pay that walk;
+//! with one per namespace chain only a namespace's first isolated pod does.
+//!
+//! # Two base chains on the forward hook
+//!
+//! Egress and ingress are judged in separate base chains, `forward-egress`
+//! (priority -1) and `forward` (priority 0), so an allow rule can `accept` from
+//! any depth of jumps: an accept ends one base chain and the packet goes on to
+//! the next, while a drop is final. Traffic from a local pod to another local
+//! pod thus passes the sender's egress and then the receiver's ingress check.
 //!
 //! **The conntrack mark.** kube-nft uses the conntrack mark of NEW forwarded
 //! connections of local pods (and of NEW connections from local pods to the
 //! node, in `input`); the packet mark (`meta mark`) stays free for the
-//! masquerade bits of Service NAT. Only NEW connections reach the dispatch
-//! rules (established and related ones are accepted, invalid ones dropped
-//! before them). A class-map miss leaves the ct mark unchanged, so each
-//! `ct mark vmap` may see a value this packet did not store; why that never
-//! picks a chain of the wrong direction or pod:
+//! masquerade bits of Service NAT. A class-map miss leaves the ct mark
+//! unchanged, so each `ct mark vmap` may see a value this packet did not
+//! store; why that never picks a chain of the wrong direction or pod:
 //!
 //! - a new connection starts with ct mark 0, and 0 is never an id;
 //! - the id spaces are disjoint: ingress ids have the top bit clear, egress ids
@@ -48,15 +72,16 @@
 //! - the ids a packet finds are those of the pods it is from and to: stored
 //!   by this packet, or by an earlier packet of the same still-NEW (unreplied)
 //!   connection when its pod has left every class of that direction since, in
-//!   which case the packet is judged by the class the connection started in,
-//!   as an established connection would be.
+//!   which case the packet is judged by the namespace chain the connection
+//!   started in; the selection sets there are current, so the pod's current
+//!   policies decide.
 //!
-//! Ids are unique per direction: when two chains' ids collide (or an id is 0
-//! in its 31 bits), the later chain in render order gets a name
-//! suffix (`-c1`, `-c2`…) and with it another id, as content-name collisions do. The
-//! incremental renderer cannot reproduce "later" and asks for a full sync.
-//! Untracked packets (`notrack`) have no conntrack entry to carry the mark, so
-//! `forward` would not dispatch them; kube-nft never untracks pod traffic.
+//! Ids are unique per direction: when two namespace chains' ids collide (or an
+//! id is 0 in its 31 bits), the later chain in render order gets a name suffix
+//! (`_c1`, `_c2`…) and with it another id. The incremental renderer cannot
+//! reproduce "later" and asks for a full sync. Untracked packets (`notrack`)
+//! have no conntrack entry to carry the mark, so `forward` would not dispatch
+//! them; kube-nft never untracks pod traffic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -65,7 +90,7 @@ use ipnet::IpNet;
 use kube_nft_crds::ir::{
     AddressSet, AddressSetElement, IrPeer, IrPort, IrRule, NodePolicy, PodPolicy, Protocol,
 };
-use nft::render::render_rule;
+use nft::render::{is_valid_name, render_rule};
 use nft::{
     ct_state, BaseChain, Chain, ChainPolicy, ChainType, DataType, ElemData, ElemKey, ElemValue,
     Expr, Family, Field, Hook, KeyPart, MapKey, MatchOp, Rhs, Rule, Set, SetData, SetFlags, Table,
@@ -73,12 +98,16 @@ use nft::{
 };
 
 use super::intervals::{self, Range};
-use super::names::{comment, ir_object_name, stable_hash32, ContentNames};
+use super::names::{comment, ir_object_name, stable_hash, stable_hash32, ContentNames};
 
-/// The filter base chain for traffic routed through the node (pod ↔ pod, pod ↔
-/// elsewhere). Priority 0 runs after Service DNAT (`dstnat`, -100) in
-/// prerouting, so policy judges the real pod address behind a Service VIP.
+/// The filter base chain judging the ingress policy of local pods for traffic
+/// routed through the node. Priority 0 runs after Service DNAT (`dstnat`,
+/// -100) in prerouting, so policy judges the real pod address behind a
+/// Service VIP.
 pub const FORWARD: &str = "forward";
+/// The filter base chain judging the egress policy of local pods for traffic
+/// routed through the node (priority -1: before [`FORWARD`], also after DNAT).
+pub const FORWARD_EGRESS: &str = "forward-egress";
 /// The filter base chain for traffic to the node's own addresses, where only
 /// the egress policy of the sending pod applies.
 pub const INPUT: &str = "input";
@@ -128,6 +157,15 @@ impl Fam {
         }
     }
 
+    /// The family of an address field.
+    fn of_field(f: Field) -> Option<Fam> {
+        match f {
+            Field::IpSaddr | Field::IpDaddr => Some(Fam::V4),
+            Field::Ip6Saddr | Field::Ip6Daddr => Some(Fam::V6),
+            _ => None,
+        }
+    }
+
     /// An address of this family from its integer form (see [`intervals`]).
     fn value(self, x: u128) -> Value {
         match self {
@@ -145,13 +183,15 @@ fn ip_value(ip: &IpAddr) -> Value {
 }
 
 /// Direction of a policy, from the point of view of the isolated pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dir {
     Ingress,
     Egress,
 }
 
 impl Dir {
+    pub const ALL: [Dir; 2] = [Dir::Ingress, Dir::Egress];
+
     pub fn label(self) -> &'static str {
         match self {
             Dir::Ingress => "ingress",
@@ -175,25 +215,23 @@ impl Dir {
         }
     }
 
-    /// What an allow rule does. Egress returns to the base chain so that the
-    /// ingress check of a destination pod on the same node still runs; ingress
-    /// is the last check and accepts.
-    fn allow(self) -> Verdict {
+    /// The packet field holding the isolated local pod.
+    fn local(self, fam: Fam) -> Field {
         match self {
-            Dir::Ingress => Verdict::Accept,
-            Dir::Egress => Verdict::Return,
+            Dir::Ingress => fam.daddr(),
+            Dir::Egress => fam.saddr(),
         }
     }
 }
 
 /// `ingress-class-v4`, `egress-class-v6`, …: the data map from a local
-/// isolated pod's IP to the class id of its chain.
+/// isolated pod's IP to the class id of its namespace chain.
 pub fn class_map(dir: Dir, fam: Fam) -> String {
     format!("{}-class-{}", dir.label(), fam.suffix())
 }
 
 /// `ingress-chains` / `egress-chains`: the verdict map from a class id to
-/// `jump <chain>`.
+/// `jump <namespace chain>`.
 pub fn chains_map(dir: Dir) -> String {
     format!("{}-chains", dir.label())
 }
@@ -201,10 +239,10 @@ pub fn chains_map(dir: Dir) -> String {
 /// The bit that marks egress class ids.
 const EGRESS_BIT: u32 = 0x8000_0000;
 
-/// The class id of chain `chain` in direction `dir`: 31 bits of the FNV-1a hash
-/// of its name, with the top bit set for egress. `None` when those 31 bits are
-/// 0 (never an id: a new connection's ct mark is 0); the renderer then renames
-/// the chain like a collision.
+/// The class id of namespace chain `chain` in direction `dir`: 31 bits of the
+/// FNV-1a hash of its name, with the top bit set for egress. `None` when those
+/// 31 bits are 0 (never an id: a new connection's ct mark is 0); the renderer
+/// then renames the chain like a collision.
 pub fn class_id(dir: Dir, chain: &str) -> Option<u32> {
     let low = stable_hash32(chain) & !EGRESS_BIT;
     if low == 0 {
@@ -216,7 +254,8 @@ pub fn class_id(dir: Dir, chain: &str) -> Option<u32> {
     })
 }
 
-/// The direction of a policy chain, from its name (`in-…` / `eg-…`).
+/// The direction of a namespace or policy chain, from its name (`in-…` /
+/// `eg-…`).
 pub fn chain_dir(chain: &str) -> Option<Dir> {
     if chain.starts_with("in-") {
         Some(Dir::Ingress)
@@ -227,16 +266,42 @@ pub fn chain_dir(chain: &str) -> Option<Dir> {
     }
 }
 
+/// `in-ns-<namespace>` / `eg-ns-<namespace>`: the chain isolated pods of a
+/// namespace are dispatched to (before any class-id collision rename).
+/// Namespace names are DNS labels, valid in nft names; anything else (names
+/// come from another process in a cluster) is hashed under `-nsx-`.
+pub fn ns_chain_name(dir: Dir, namespace: &str) -> String {
+    let readable = format!("{}-ns-{namespace}", dir.chain_prefix());
+    if readable.len() <= 80 && is_valid_name(&readable) {
+        readable
+    } else {
+        format!("{}-nsx-{:016x}", dir.chain_prefix(), stable_hash(namespace))
+    }
+}
+
+/// Whether `chain` is a namespace chain (policy chains are `in-<hex>`, which
+/// never contains `ns`).
+pub fn is_ns_chain(chain: &str) -> bool {
+    chain.get(2..6) == Some("-ns-") || chain.get(2..7) == Some("-nsx-")
+}
+
+/// `sel-<chain>-v4` / `-v6`: the IPs of the local pods that use policy chain
+/// `chain`.
+pub fn sel_set(chain: &str, fam: Fam) -> String {
+    format!("sel-{chain}-{}", fam.suffix())
+}
+
 /// `node-addrs-v4` / `-v6`: the node's own addresses, exempt from ingress policy.
 pub fn node_addrs_set(fam: Fam) -> String {
     format!("node-addrs-{}", fam.suffix())
 }
 
 /// Adds the NetworkPolicy part of `node`'s ruleset to `table`: the dispatch
-/// maps, the base chains `forward` and `input`, one chain per distinct rule
-/// list, and the sets those chains use. `address_sets` may hold more sets than
-/// the node uses; only referenced ones are rendered. A referenced set missing
-/// from it renders empty (matches nothing: an allow rule fails closed).
+/// maps, the base chains, one chain per namespace with isolated pods, one
+/// chain per distinct (policy, rule list) and the sets those chains use.
+/// `address_sets` may hold more sets than the node uses; only referenced ones
+/// are rendered. A referenced set missing from it renders empty (matches
+/// nothing: an allow rule fails closed).
 pub fn contribute(
     table: &mut Table,
     node: &NodePolicy,
@@ -248,25 +313,41 @@ pub fn contribute(
         names: ContentNames::default(),
         ir_sets: None,
         classes: Default::default(),
+        guards: BTreeMap::new(),
     };
     r.dispatch(node);
     for pod in &node.pods {
         r.pod(pod);
     }
+    for (ns_chain, guards) in std::mem::take(&mut r.guards) {
+        let dir = chain_dir(&ns_chain).expect("namespace chains are in- or eg-");
+        let chain = r
+            .table
+            .chains
+            .get_mut(&ns_chain)
+            .expect("ns_chain() created it");
+        chain.rules = ns_chain_rules(dir, &guards);
+    }
 }
+
+/// The guards of a namespace chain: (policy chain, family) → the policy's
+/// `namespace/name`.
+pub type Guards = BTreeMap<(String, Fam), String>;
 
 struct PolicyRenderer<'a> {
     table: &'a mut Table,
     address_sets: &'a BTreeMap<String, AddressSet>,
     names: ContentNames,
     /// `Some`: render `as-`/`asp-` sets as headers only and record here what
-    /// they stand for (see [`pod_chain`]).
+    /// they stand for (see [`pod_policy_chains`]).
     ir_sets: Option<BTreeMap<String, IrSetRef>>,
     classes: Classes,
+    /// Guards per namespace chain, filled while pods are rendered.
+    guards: BTreeMap<String, Guards>,
 }
 
-/// Class ids handed out so far, per direction, and the chains renamed because
-/// of an id collision (content name → final name).
+/// Class ids handed out so far, per direction, and the namespace chains
+/// renamed because of an id collision (plain name → final name).
 #[derive(Default)]
 struct Classes {
     owner: HashMap<(bool, u32), String>,
@@ -282,14 +363,15 @@ pub struct IrSetRef {
     pub ports: bool,
 }
 
-/// One direction's chain of a pod, rendered on its own (see [`pod_chain`]).
+/// One policy chain of a pod, rendered on its own (see [`pod_policy_chains`]).
 #[derive(Debug, Clone)]
-pub struct PodChain {
+pub struct PolicyChain {
     /// The content name of the chain (`in-…`/`eg-…`).
     pub name: String,
-    /// Its class id ([`class_id`]); `None` when the name has no valid id (a
-    /// full render would rename the chain).
-    pub class: Option<u32>,
+    /// `namespace/name` of the NetworkPolicy.
+    pub policy: String,
+    /// The families its rules cover (those of the pod's IPs).
+    pub fams: BTreeSet<Fam>,
     /// The chain and every set its rules use; `as-`/`asp-` sets are headers
     /// without elements ([`ir_set_elements`] fills them).
     pub objects: Table,
@@ -297,39 +379,143 @@ pub struct PodChain {
     pub ir_sets: BTreeMap<String, IrSetRef>,
 }
 
-/// The chain a pod with IPs `ips` gets for `rules` in direction `dir`, exactly
-/// as [`contribute`] renders it (same content, same name), without the rest of
-/// the table. `None` when the pod has no IP. Content names are computed afresh,
-/// so the (never seen) hash-collision suffix of a full render is not reproduced.
-pub fn pod_chain(
+/// The policy chains a pod with IPs `ips` uses for `rules` in direction
+/// `dir`, exactly as [`contribute`] renders them (same content, same names),
+/// without the rest of the table. Empty when the pod has no IP or no rule
+/// can match. Content names are computed afresh, so the (never seen)
+/// hash-collision suffix of a full render is not reproduced.
+pub fn pod_policy_chains(
     dir: Dir,
     rules: &[IrRule],
     ips: &[IpAddr],
     address_sets: &BTreeMap<String, AddressSet>,
-) -> Option<PodChain> {
+) -> Vec<PolicyChain> {
     let fams: BTreeSet<Fam> = ips.iter().map(Fam::of).collect();
     if fams.is_empty() {
-        return None;
+        return Vec::new();
     }
-    let mut objects = Table::new(Family::Inet, super::TABLE_NAME);
-    let mut r = PolicyRenderer {
-        table: &mut objects,
-        address_sets,
-        names: ContentNames::default(),
-        ir_sets: Some(BTreeMap::new()),
-        classes: Classes::default(),
-    };
-    let (name, class) = r.chain(dir, rules, &fams);
-    let ir_sets = r.ir_sets.take().unwrap_or_default();
-    // Alone, `chain` renames only for an invalid id; a full render may rename
-    // differently (it depends on the other chains), so the id is withheld.
-    let class = r.classes.renamed.is_empty().then_some(class);
-    Some(PodChain {
-        name,
-        class,
-        objects,
-        ir_sets,
-    })
+    let mut out = Vec::new();
+    for (policy, group) in by_policy(rules) {
+        let mut objects = Table::new(Family::Inet, super::TABLE_NAME);
+        let mut r = PolicyRenderer {
+            table: &mut objects,
+            address_sets,
+            names: ContentNames::default(),
+            ir_sets: Some(BTreeMap::new()),
+            classes: Classes::default(),
+            guards: BTreeMap::new(),
+        };
+        let Some(name) = r.policy_chain(dir, policy, &group, &fams) else {
+            continue;
+        };
+        let ir_sets = r.ir_sets.take().unwrap_or_default();
+        out.push(PolicyChain {
+            name,
+            policy: policy.to_string(),
+            fams: fams.clone(),
+            objects,
+            ir_sets,
+        });
+    }
+    out
+}
+
+/// A pod's rules grouped by the policy they come from, in first-seen order
+/// of the policies (the IR lists them sorted) and rule order within each.
+fn by_policy(rules: &[IrRule]) -> Vec<(&str, Vec<&IrRule>)> {
+    let mut groups: Vec<(&str, Vec<&IrRule>)> = Vec::new();
+    for rule in rules {
+        match groups.iter_mut().find(|(p, _)| *p == rule.policy) {
+            Some((_, g)) => g.push(rule),
+            None => groups.push((&rule.policy, vec![rule])),
+        }
+    }
+    groups
+}
+
+/// The header of namespace chain `name` for `namespace`.
+pub fn ns_chain_header(dir: Dir, name: &str, namespace: &str) -> Chain {
+    Chain {
+        name: name.to_string(),
+        base: None,
+        comment: Some(comment(&format!(
+            "{}: isolated pods of namespace {namespace}",
+            dir.label()
+        ))),
+        rules: Vec::new(),
+    }
+}
+
+/// The rules of a namespace chain: one guard per (policy chain, family), in
+/// name order, then the drop for what no policy allows.
+pub fn ns_chain_rules(dir: Dir, guards: &Guards) -> Vec<Rule> {
+    let mut rules: Vec<Rule> = guards
+        .iter()
+        .map(|((chain, fam), policy)| {
+            Rule::new(vec![
+                Expr::Match {
+                    left: vec![dir.local(*fam)],
+                    op: MatchOp::Eq,
+                    right: Rhs::Set(sel_set(chain, *fam)),
+                },
+                Expr::Verdict(Verdict::Jump(chain.clone())),
+            ])
+            .with_comment(comment(&format!("NetworkPolicy {policy}")))
+        })
+        .collect();
+    rules.push(
+        Rule::new(vec![Expr::Counter, Expr::Verdict(Verdict::Drop)]).with_comment(format!(
+            "kube-nft: {} not allowed by any NetworkPolicy",
+            dir.label()
+        )),
+    );
+    rules
+}
+
+/// The guards of a rendered namespace chain (the inverse of
+/// [`ns_chain_rules`]).
+pub fn ns_chain_guards(chain: &Chain) -> Guards {
+    let mut guards = Guards::new();
+    for rule in &chain.rules {
+        if let [Expr::Match {
+            left,
+            right: Rhs::Set(_),
+            ..
+        }, Expr::Verdict(Verdict::Jump(target))] = rule.exprs.as_slice()
+        {
+            let Some(fam) = left.first().and_then(|f| Fam::of_field(*f)) else {
+                continue;
+            };
+            let policy = rule
+                .comment
+                .as_deref()
+                .and_then(|c| c.strip_prefix("NetworkPolicy "))
+                .unwrap_or_default();
+            guards.insert((target.clone(), fam), policy.to_string());
+        }
+    }
+    guards
+}
+
+/// The header of the selection set of `chain` for `fam`.
+pub fn sel_set_header(chain: &str, fam: Fam, policy: &str) -> Set {
+    Set {
+        name: sel_set(chain, fam),
+        key: vec![fam.addr_type()],
+        comment: Some(comment(&format!(
+            "local pods selected by NetworkPolicy {policy}"
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The element of a pod in a selection set.
+pub fn sel_element(namespace: &str, name: &str) -> ElemValue {
+    ElemValue {
+        data: None,
+        timeout: None,
+        comment: Some(comment(&format!("{namespace}/{name}"))),
+    }
 }
 
 /// The nft elements of an `as-`/`asp-` set.
@@ -358,7 +544,7 @@ pub fn ir_element_key(ports: bool, e: &AddressSetElement) -> Option<ElemKey> {
     ])
 }
 
-/// The key of a pod IP in a class map.
+/// The key of a pod IP in a class map or selection set.
 pub fn ip_key(ip: &IpAddr) -> ElemKey {
     vec![KeyPart::Value(ip_value(ip))]
 }
@@ -408,23 +594,24 @@ enum PortMatch {
 }
 
 impl PolicyRenderer<'_> {
-    /// Maps, node address sets and the two base chains. They exist even when the
-    /// node isolates no pod, so that base chains never change after start-up.
+    /// Maps, node address sets and the three base chains. They exist even when
+    /// the node isolates no pod, so that base chains never change after
+    /// start-up.
     fn dispatch(&mut self, node: &NodePolicy) {
-        for dir in [Dir::Ingress, Dir::Egress] {
+        for dir in Dir::ALL {
             self.table.add_set(Set {
                 name: chains_map(dir),
                 key: vec![DataType::Mark],
                 data: Some(SetData::Verdict),
                 comment: Some(format!(
-                    "kube-nft: class id -> {} policy chain",
+                    "kube-nft: class id -> {} namespace chain",
                     dir.label()
                 )),
                 ..Default::default()
             });
         }
         for fam in Fam::ALL {
-            for dir in [Dir::Ingress, Dir::Egress] {
+            for dir in Dir::ALL {
                 self.table.add_set(Set {
                     name: class_map(dir, fam),
                     key: vec![fam.addr_type()],
@@ -465,13 +652,17 @@ impl PolicyRenderer<'_> {
             Expr::Verdict(Verdict::Accept),
         ])
         .with_comment("kube-nft: policy decides new connections only");
-        // One `ct mark vmap` rule per direction and base chain, after the
-        // class lookups of both families: each rule naming a verdict map is a
-        // walk of all its elements when the kernel validates the table (see the
-        // module doc for why a stale ct mark cannot dispatch wrongly).
-        let set_class = |dir: Dir, field: Field, fam: Fam| Expr::SetFromMap {
+        let invalid = Rule::new(vec![
+            ct_bits(ct_state::INVALID),
+            Expr::Verdict(Verdict::Drop),
+        ])
+        .with_comment("kube-nft: invalid packets");
+        // One `ct mark vmap` rule per base chain, after the class lookups of
+        // both families (see the module doc for why a stale ct mark cannot
+        // dispatch wrongly).
+        let set_class = |dir: Dir, fam: Fam| Expr::SetFromMap {
             target: Field::CtMark,
-            key: MapKey::Fields(vec![field]),
+            key: MapKey::Fields(vec![dir.local(fam)]),
             map: class_map(dir, fam),
         };
         let vmap = |dir: Dir| {
@@ -486,14 +677,14 @@ impl PolicyRenderer<'_> {
         };
         let egress = || {
             let class = |fam: Fam| {
-                Rule::new(vec![set_class(Dir::Egress, fam.saddr(), fam)])
+                Rule::new(vec![set_class(Dir::Egress, fam)])
                     .with_comment("kube-nft: egress class of isolated local pods")
             };
             [class(Fam::V4), class(Fam::V6), vmap(Dir::Egress)]
         };
         // Node → local pod is exempt from ingress policy. Skipping the ingress
-        // class lookup (instead of accepting) leaves later rules of this chain,
-        // such as future Service rules, in force for that traffic.
+        // class lookup (instead of accepting) leaves later rules of this chain
+        // in force for that traffic.
         let ingress = || {
             let class = |fam: Fam| {
                 Rule::new(vec![
@@ -502,37 +693,38 @@ impl PolicyRenderer<'_> {
                         op: MatchOp::Neq,
                         right: Rhs::Set(node_addrs_set(fam)),
                     },
-                    set_class(Dir::Ingress, fam.daddr(), fam),
+                    set_class(Dir::Ingress, fam),
                 ])
                 .with_comment("kube-nft: ingress class of isolated local pods")
             };
             [class(Fam::V4), class(Fam::V6), vmap(Dir::Ingress)]
         };
 
-        let base = |hook| {
+        let base = |hook, priority| {
             Some(BaseChain {
                 kind: ChainType::Filter,
                 hook,
-                priority: 0,
+                priority,
                 policy: ChainPolicy::Accept,
             })
         };
         self.table.add_chain(Chain {
+            name: FORWARD_EGRESS.into(),
+            base: base(Hook::Forward, -1),
+            comment: Some("kube-nft: NetworkPolicy egress of local pods".into()),
+            rules: [established.clone(), invalid.clone()]
+                .into_iter()
+                .chain(egress())
+                .collect(),
+        });
+        self.table.add_chain(Chain {
             name: FORWARD.into(),
-            base: base(Hook::Forward),
-            comment: Some("kube-nft: NetworkPolicy for traffic of local pods".into()),
-            rules: vec![
-                established.clone(),
-                Rule::new(vec![
-                    ct_bits(ct_state::INVALID),
-                    Expr::Verdict(Verdict::Drop),
-                ])
-                .with_comment("kube-nft: invalid packets"),
-            ]
-            .into_iter()
-            .chain(egress())
-            .chain(ingress())
-            .collect(),
+            base: base(Hook::Forward, 0),
+            comment: Some("kube-nft: NetworkPolicy ingress of local pods".into()),
+            rules: [established.clone(), invalid]
+                .into_iter()
+                .chain(ingress())
+                .collect(),
         });
         // Only egress applies here: the destination is the node itself. Node →
         // own pod leaves through the output hook, which kube-nft never filters
@@ -544,7 +736,7 @@ impl PolicyRenderer<'_> {
         // anything over IPv6.
         self.table.add_chain(Chain {
             name: INPUT.into(),
-            base: base(Hook::Input),
+            base: base(Hook::Input, 0),
             comment: Some("kube-nft: NetworkPolicy egress of local pods to this node".into()),
             rules: vec![
                 established,
@@ -562,7 +754,7 @@ impl PolicyRenderer<'_> {
 
     fn pod(&mut self, pod: &PodPolicy) {
         // A pod's IPs never change, so the families its chains cover do not
-        // either: a v4-only pod's chain holds v4 rules only.
+        // either: a v4-only pod's chains hold v4 rules only.
         let fams: BTreeSet<Fam> = pod.ips.iter().map(Fam::of).collect();
         for (dir, isolated, rules) in [
             (Dir::Ingress, pod.ingress_isolated, &pod.ingress),
@@ -571,7 +763,7 @@ impl PolicyRenderer<'_> {
             if !isolated || fams.is_empty() {
                 continue;
             }
-            let (_, class) = self.chain(dir, rules, &fams);
+            let (ns_chain, class) = self.ns_chain(dir, &pod.namespace);
             for ip in &pod.ips {
                 let map = self
                     .table
@@ -581,41 +773,36 @@ impl PolicyRenderer<'_> {
                 map.elements
                     .insert(ip_key(ip), class_element(&pod.namespace, &pod.name, class));
             }
+            for (policy, group) in by_policy(rules) {
+                let Some(chain) = self.policy_chain(dir, policy, &group, &fams) else {
+                    continue;
+                };
+                for ip in &pod.ips {
+                    let fam = Fam::of(ip);
+                    let set = self
+                        .table
+                        .sets
+                        .entry(sel_set(&chain, fam))
+                        .or_insert_with(|| sel_set_header(&chain, fam, policy));
+                    set.elements
+                        .insert(ip_key(ip), sel_element(&pod.namespace, &pod.name));
+                    self.guards
+                        .entry(ns_chain.clone())
+                        .or_default()
+                        .insert((chain.clone(), fam), policy.to_string());
+                }
+            }
         }
     }
 
-    /// The (shared) chain for one direction of a pod: its name and class id,
-    /// created (with its chains-map element, when the table has that map) if
-    /// new.
-    fn chain(&mut self, dir: Dir, rules: &[IrRule], fams: &BTreeSet<Fam>) -> (String, u32) {
-        let mut body = Vec::new();
-        for rule in rules {
-            self.rule(dir, rule, fams, &mut body);
-        }
-        body.push(
-            Rule::new(vec![Expr::Counter, Expr::Verdict(Verdict::Drop)]).with_comment(format!(
-                "kube-nft: {} not allowed by any NetworkPolicy",
-                dir.label()
-            )),
-        );
-        let policies: BTreeSet<&str> = rules.iter().map(|r| r.policy.as_str()).collect();
-        let header = comment(&if policies.is_empty() {
-            format!("{}: isolated, no rule allows anything", dir.label())
-        } else {
-            let list: Vec<&str> = policies.into_iter().collect();
-            format!("{}: NetworkPolicy {}", dir.label(), list.join(", "))
-        });
-        // The identity of a chain is all of it, comment included, so the
-        // comment never depends on which pod happened to create the chain.
-        let mut content = header.clone();
-        for r in &body {
-            content.push('\n');
-            content.push_str(&render_rule(Family::Inet, r));
-        }
-        let (base, new) = self.names.name(dir.chain_prefix(), &content);
+    /// The namespace chain of direction `dir` for `namespace`: its name and
+    /// class id, its header and chains-map element created if new (the
+    /// guards are filled in at the end of the render).
+    fn ns_chain(&mut self, dir: Dir, namespace: &str) -> (String, u32) {
+        let base = ns_chain_name(dir, namespace);
         let egress = dir == Dir::Egress;
-        if !new {
-            let name = self.classes.renamed.get(&base).unwrap_or(&base).clone();
+        let name = self.classes.renamed.get(&base).unwrap_or(&base).clone();
+        if self.table.chains.contains_key(&name) {
             let class = class_id(dir, &name).expect("a chain's name has a valid id");
             return (name, class);
         }
@@ -626,9 +813,9 @@ impl PolicyRenderer<'_> {
             match class {
                 Some(c) if !self.classes.owner.contains_key(&(egress, c)) => break,
                 _ => {
-                    // `-c<i>`: no content name (`<prefix>-<hash>[-<i>]`) has
-                    // this form, so the new name is free.
-                    name = format!("{base}-c{i}");
+                    // `_c<i>`: namespace names (DNS labels) have no `_`, so
+                    // the new name is free.
+                    name = format!("{base}_c{i}");
                     class = class_id(dir, &name);
                 }
             }
@@ -638,16 +825,54 @@ impl PolicyRenderer<'_> {
             self.classes.renamed.insert(base, name.clone());
         }
         self.classes.owner.insert((egress, class), name.clone());
-        self.table.add_chain(Chain {
-            name: name.clone(),
-            base: None,
-            comment: Some(header),
-            rules: body,
-        });
+        self.table.add_chain(ns_chain_header(dir, &name, namespace));
+        self.guards.entry(name.clone()).or_default();
         if let Some(map) = self.table.sets.get_mut(&chains_map(dir)) {
             map.elements.insert(class_key(class), chains_element(&name));
         }
         (name, class)
+    }
+
+    /// The (shared) chain of one policy's rules for one direction of a pod:
+    /// its name, created if new. `None` when no rule can match anything.
+    fn policy_chain(
+        &mut self,
+        dir: Dir,
+        policy: &str,
+        rules: &[&IrRule],
+        fams: &BTreeSet<Fam>,
+    ) -> Option<String> {
+        let mut body = Vec::new();
+        for rule in rules {
+            self.rule(dir, rule, fams, &mut body);
+        }
+        if body.is_empty() {
+            return None;
+        }
+        let header = comment(&format!("{}: NetworkPolicy {policy}", dir.label()));
+        // The identity of a chain is all of it, comment included, so the
+        // comment never depends on which pod happened to create the chain;
+        // and the families of its pods, which fix its selection sets (a
+        // dual-stack pod's rules may render the same as a v4-only pod's).
+        let mut content = header.clone();
+        for fam in fams {
+            content.push(' ');
+            content.push_str(fam.suffix());
+        }
+        for r in &body {
+            content.push('\n');
+            content.push_str(&render_rule(Family::Inet, r));
+        }
+        let (name, new) = self.names.name(dir.chain_prefix(), &content);
+        if new {
+            self.table.add_chain(Chain {
+                name: name.clone(),
+                base: None,
+                comment: Some(header),
+                rules: body,
+            });
+        }
+        Some(name)
     }
 
     /// Appends the nft rules of one IR rule: one per (peer, family).
@@ -659,7 +884,7 @@ impl PolicyRenderer<'_> {
             rule.rule_index
         ));
         let ports = self.ports(&rule.ports);
-        let allow = Expr::Verdict(dir.allow());
+        let allow = Expr::Verdict(Verdict::Accept);
         let mut push = |mut exprs: Vec<Expr>, with_ports: bool| {
             if with_ports {
                 match &ports {
@@ -950,7 +1175,7 @@ mod tests {
 
     #[test]
     fn class_ids_are_disjoint_per_direction_and_never_zero() {
-        for name in ["in-0f3c94c9d0ed2740", "eg-cc1439ddcfbf0533", "x"] {
+        for name in ["in-ns-default", "eg-ns-kube-system", "x"] {
             let i = class_id(Dir::Ingress, name).unwrap();
             let e = class_id(Dir::Egress, name).unwrap();
             assert_eq!(i & EGRESS_BIT, 0);
@@ -963,8 +1188,26 @@ mod tests {
         assert_eq!(chain_dir("forward"), None);
     }
 
-    /// A chain whose class id is taken gets a `-c1` name, the id of that name
-    /// and its own `*-chains` element; asking again returns the same chain.
+    #[test]
+    fn namespace_chain_names() {
+        assert_eq!(ns_chain_name(Dir::Ingress, "default"), "in-ns-default");
+        assert_eq!(
+            ns_chain_name(Dir::Egress, "kube-system"),
+            "eg-ns-kube-system"
+        );
+        let odd = ns_chain_name(Dir::Ingress, "a b");
+        assert!(odd.starts_with("in-nsx-") && is_valid_name(&odd), "{odd}");
+        for ns in ["in-ns-default", "eg-nsx-0011223344556677", "in-ns-a_c1"] {
+            assert!(is_ns_chain(ns), "{ns}");
+        }
+        for chain in ["in-0f3c94c9d0ed2740", "eg-cc1439ddcfbf0533-1", "forward"] {
+            assert!(!is_ns_chain(chain), "{chain}");
+        }
+    }
+
+    /// A namespace chain whose class id is taken gets a `_c1` name, the id of
+    /// that name and its own `*-chains` element; asking again returns the
+    /// same chain.
     #[test]
     fn class_id_collision_renames_the_later_chain() {
         let mut table = Table::new(Family::Inet, "kube-nft");
@@ -975,20 +1218,19 @@ mod tests {
             names: ContentNames::default(),
             ir_sets: None,
             classes: Classes::default(),
+            guards: BTreeMap::new(),
         };
         r.dispatch(&NodePolicy::default());
-        let fams: BTreeSet<Fam> = [Fam::V4].into();
-        // Render once elsewhere to learn the name and id the chain would get.
-        let plain = pod_chain(Dir::Ingress, &[], &["10.0.0.1".parse().unwrap()], &sets).unwrap();
-        let taken = plain.class.unwrap();
+        let plain = ns_chain_name(Dir::Ingress, "demo");
+        let taken = class_id(Dir::Ingress, &plain).unwrap();
         r.classes
             .owner
-            .insert((false, taken), "in-someone-else".into());
-        let (name, class) = r.chain(Dir::Ingress, &[], &fams);
-        assert_eq!(name, format!("{}-c1", plain.name));
+            .insert((false, taken), "in-ns-someone-else".into());
+        let (name, class) = r.ns_chain(Dir::Ingress, "demo");
+        assert_eq!(name, format!("{plain}_c1"));
         assert_eq!(Some(class), class_id(Dir::Ingress, &name));
         assert_ne!(class, taken);
-        assert_eq!(r.chain(Dir::Ingress, &[], &fams), (name.clone(), class));
+        assert_eq!(r.ns_chain(Dir::Ingress, "demo"), (name.clone(), class));
         let chains = &table.sets[&chains_map(Dir::Ingress)];
         assert_eq!(chains.elements.len(), 1);
         assert_eq!(
@@ -997,5 +1239,19 @@ mod tests {
             "{chains:?}"
         );
         assert!(table.chains.contains_key(&name));
+    }
+
+    #[test]
+    fn guards_round_trip_through_rules() {
+        let guards: Guards = [
+            (("in-00aa".to_string(), Fam::V4), "demo/a".to_string()),
+            (("in-00aa".to_string(), Fam::V6), "demo/a".to_string()),
+            (("in-00bb".to_string(), Fam::V4), "demo/b".to_string()),
+        ]
+        .into();
+        let mut chain = ns_chain_header(Dir::Ingress, "in-ns-demo", "demo");
+        chain.rules = ns_chain_rules(Dir::Ingress, &guards);
+        assert_eq!(chain.rules.len(), 4, "three guards and the drop");
+        assert_eq!(ns_chain_guards(&chain), guards);
     }
 }
