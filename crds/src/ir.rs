@@ -140,8 +140,38 @@ pub struct IrRule {
     /// Index of the rule in the policy's `ingress` or `egress` list.
     pub rule_index: usize,
     pub peers: Vec<IrPeer>,
-    /// Empty = every port of every protocol.
+    /// Numeric ports. Empty (and `named_ports` empty too) = every port of
+    /// every protocol.
     pub ports: Vec<IrPort>,
+    /// Ingress only: the rule's named ports, resolved on the pod the rule
+    /// belongs to. They add to `ports`. Kept apart so that a renderer can
+    /// share one chain between pods that resolve a name to different numbers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<IrNamedPort>,
+}
+
+impl IrRule {
+    /// Whether the rule's ports allow `protocol`/`port` (peers aside).
+    pub fn ports_match(&self, protocol: Protocol, port: u16) -> bool {
+        (self.ports.is_empty() && self.named_ports.is_empty())
+            || self.ports.iter().any(|p| p.matches(protocol, port))
+            || self
+                .named_ports
+                .iter()
+                .any(|p| p.protocol == protocol && p.port == port)
+    }
+}
+
+/// A named container port of the pod a rule belongs to: the name the policy
+/// gives and the number it has on that pod.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IrNamedPort {
+    pub protocol: Protocol,
+    pub name: String,
+    pub port: u16,
 }
 
 /// Where a rule allows traffic from (ingress) or to (egress).
@@ -236,6 +266,11 @@ mod tests {
                                 port: Some(53),
                                 end_port: Some(60),
                             }],
+                            named_ports: vec![IrNamedPort {
+                                protocol: Protocol::Tcp,
+                                name: "http".into(),
+                                port: 8080,
+                            }],
                         }],
                         egress: vec![],
                     }],
@@ -249,6 +284,7 @@ mod tests {
         assert_eq!(pod["ingress"][0]["peers"][0]["kind"], "addressPortSet");
         assert_eq!(pod["ingress"][0]["ports"][0]["endPort"], 60);
         assert_eq!(pod["ingress"][0]["ports"][0]["protocol"], "UDP");
+        assert_eq!(pod["ingress"][0]["namedPorts"][0]["name"], "http");
         assert_eq!(v["nodes"]["n"]["nodeAddresses"][0], "172.18.0.1");
         let back: CompiledPolicy = serde_json::from_value(v).unwrap();
         assert_eq!(back, ir);

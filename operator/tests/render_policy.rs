@@ -471,24 +471,30 @@ fn named_ports_and_ipv6() {
     let t = render(&cluster(&objects));
     assert_loads(&t);
     let text = render_text(&t);
-    // Ingress named ports resolve per pod: web and web2 get different policy
-    // chains, and each chain serves both of its pod's addresses.
+    // Ingress named ports resolve per pod through a set keyed by the pod
+    // itself: web (http=8080) and web2 (http=80) share one policy chain,
+    // which serves both addresses of each.
     let web = policy_chain_of(&t, "in", "10.0.1.10");
-    let web2 = policy_chain_of(&t, "in", "10.0.1.13");
-    assert_ne!(web, web2);
+    assert_eq!(policy_chain_of(&t, "in", "10.0.1.13"), web);
     assert_eq!(policy_chain_of(&t, "in", "fd00:10::10"), web);
     assert_eq!(
         chain_of(&t, "ingress-class-v6", "fd00:10::10").as_deref(),
         Some("in-ns-demo")
     );
+    let rules = rendered_rules(&t, &web);
+    assert_eq!(rules.len(), 2, "{rules:?}");
     assert!(
-        text.contains("meta l4proto tcp th dport 8080 accept"),
-        "{text}"
+        rules[0].starts_with("ip daddr . meta l4proto . th dport @np-")
+            && rules[1].starts_with("ip6 daddr . meta l4proto . th dport @np-"),
+        "{rules:?}"
     );
-    assert!(
-        text.contains("meta l4proto tcp th dport 80 accept"),
-        "{text}"
-    );
+    for element in [
+        "10.0.1.10 . tcp . 8080 comment \"demo/web\"",
+        "10.0.1.13 . tcp . 80 comment \"demo/web2\"",
+        "fd00:10::13 . tcp . 80 comment \"demo/web2\"",
+    ] {
+        assert!(text.contains(element), "{element}: {text}");
+    }
     // Egress named port: an (address, proto, port) set per family.
     assert!(
         text.contains("ip daddr . meta l4proto . th dport @asp-ports-"),
@@ -825,6 +831,7 @@ fn rule(peers: Vec<IrPeer>, ports: Vec<IrPort>) -> IrRule {
         rule_index: 0,
         peers,
         ports,
+        named_ports: Vec::new(),
     }
 }
 

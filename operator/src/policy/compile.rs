@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube_nft_crds::ir::{
-    AddressSet, AddressSetElement, CompiledPolicy, IrPeer, IrPort, IrRule, NodePolicy, PodPolicy,
-    Protocol,
+    AddressSet, AddressSetElement, CompiledPolicy, IrNamedPort, IrPeer, IrPort, IrRule, NodePolicy,
+    PodPolicy, Protocol,
 };
 
 use super::selector::{stable_hash, CanonicalSelector};
@@ -386,17 +386,19 @@ impl<'a> Compiler<'a> {
                 .collect(),
         };
         let ports = ports.unwrap_or_default();
-        let make = |peers, ports| IrRule {
+        let make = |peers, ports, named_ports| IrRule {
             policy: policy.to_string(),
             rule_index,
             peers,
             ports,
+            named_ports,
         };
         if ports.is_empty() {
             let ir_peers = peers.iter().map(|p| self.plain_peer(p)).collect();
-            return vec![make(ir_peers, Vec::new())];
+            return vec![make(ir_peers, Vec::new(), Vec::new())];
         }
         let mut numeric = BTreeSet::new();
+        let mut local_named = BTreeSet::new();
         let mut named = BTreeSet::new();
         for p in ports {
             let protocol = p
@@ -429,10 +431,10 @@ impl<'a> Compiler<'a> {
                     // Ingress: the destination is the selected pod itself.
                     Dir::Ingress => {
                         if let Some(port) = cluster::named_port(pod, name, protocol) {
-                            numeric.insert(IrPort {
+                            local_named.insert(IrNamedPort {
                                 protocol,
-                                port: Some(port),
-                                end_port: None,
+                                name: name.clone(),
+                                port,
                             });
                         }
                     }
@@ -445,13 +447,17 @@ impl<'a> Compiler<'a> {
         // A rule whose ports all failed to resolve allows nothing: it yields
         // no IR rule (the pod stays isolated through `*_isolated`).
         let mut out = Vec::new();
-        if !numeric.is_empty() {
+        if !numeric.is_empty() || !local_named.is_empty() {
             let ir_peers = peers.iter().map(|p| self.plain_peer(p)).collect();
-            out.push(make(ir_peers, numeric.into_iter().collect()));
+            out.push(make(
+                ir_peers,
+                numeric.into_iter().collect(),
+                local_named.into_iter().collect(),
+            ));
         }
         if !named.is_empty() {
             let ir_peers = peers.iter().map(|p| self.port_set(p, &named)).collect();
-            out.push(make(ir_peers, Vec::new()));
+            out.push(make(ir_peers, Vec::new(), Vec::new()));
         }
         out
     }

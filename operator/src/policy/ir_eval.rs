@@ -76,11 +76,7 @@ fn first_match(ir: &CompiledPolicy, rules: &[IrRule], remote: IpAddr, flow: &IpF
 }
 
 fn rule_matches(ir: &CompiledPolicy, rule: &IrRule, remote: IpAddr, flow: &IpFlow) -> bool {
-    let ports_ok = rule.ports.is_empty()
-        || rule
-            .ports
-            .iter()
-            .any(|p| p.matches(flow.protocol, flow.port));
+    let ports_ok = rule.ports_match(flow.protocol, flow.port);
     let in_set = |name: &str, element: &AddressSetElement| {
         ir.address_sets
             .get(name)

@@ -193,9 +193,11 @@ impl DeltaRenderer {
                         }
                     }
                     for pc in pod_policy_chains(dir, rules(pp, dir), &pp.ips, address_sets) {
-                        for ip in &pp.ips {
-                            let set = sel_set(&pc.name, Fam::of(ip));
-                            let key = ip_key(ip);
+                        let sel = pp
+                            .ips
+                            .iter()
+                            .map(|ip| (sel_set(&pc.name, Fam::of(ip)), ip_key(ip)));
+                        for (set, key) in sel.chain(pc.pod_elements.iter().cloned()) {
                             let have = committed.sets.get(&set).and_then(|s| s.elements.get(&key));
                             if let Some(v) = have {
                                 before.insert((set, key), (v.clone(), pc.name.clone()));
@@ -226,12 +228,13 @@ impl DeltaRenderer {
                                 return Err(DeltaError::ChainContent(pc.name));
                             }
                         }
-                        for ip in &pp.ips {
+                        let sel = pp
+                            .ips
+                            .iter()
+                            .map(|ip| (sel_set(&pc.name, Fam::of(ip)), ip_key(ip)));
+                        for k in sel.chain(pc.pod_elements.iter().cloned()) {
                             let v = sel_element(&pp.namespace, &pp.name);
-                            after.insert(
-                                (sel_set(&pc.name, Fam::of(ip)), ip_key(ip)),
-                                (v, pc.name.clone()),
-                            );
+                            after.insert(k, (v, pc.name.clone()));
                         }
                         home.insert(pc.name.clone(), ns_chain.clone());
                         if !committed.chains.contains_key(&pc.name) {
@@ -580,15 +583,17 @@ fn guards_of<'a>(
 
 /// Counts an element change of `set` for the chain it belongs to: class-map
 /// elements count for namespace chains, selection-set elements for policy
-/// chains.
+/// chains (a pod's named-port elements follow its selection elements and
+/// count for nothing).
 fn count(changes: &mut Changes, set: &str, chain: &str, d: isize) {
-    if chain.is_empty() {
+    let counts = if chain.is_empty() {
         return;
-    }
-    let counts = if set.starts_with("sel-") {
+    } else if set.starts_with("sel-") {
         &mut changes.chains
-    } else {
+    } else if set.contains("-class-") {
         &mut changes.ns
+    } else {
+        return;
     };
     *counts.entry(chain.to_string()).or_insert(0) += d;
 }

@@ -314,6 +314,7 @@ pub fn contribute(
         ir_sets: None,
         classes: Default::default(),
         guards: BTreeMap::new(),
+        pod_elements: Vec::new(),
     };
     r.dispatch(node);
     for pod in &node.pods {
@@ -344,6 +345,9 @@ struct PolicyRenderer<'a> {
     classes: Classes,
     /// Guards per namespace chain, filled while pods are rendered.
     guards: BTreeMap<String, Guards>,
+    /// The current pod's elements in `np-` sets, from the last
+    /// [`policy_chain`](Self::policy_chain).
+    pod_elements: Vec<(String, ElemKey)>,
 }
 
 /// Class ids handed out so far, per direction, and the namespace chains
@@ -377,6 +381,9 @@ pub struct PolicyChain {
     pub objects: Table,
     /// What each `as-`/`asp-` set in `objects` stands for.
     pub ir_sets: BTreeMap<String, IrSetRef>,
+    /// The pod's own elements in the chain's `np-` sets (its named ports),
+    /// which `objects` renders without elements.
+    pub pod_elements: Vec<(String, ElemKey)>,
 }
 
 /// The policy chains a pod with IPs `ips` uses for `rules` in direction
@@ -404,17 +411,20 @@ pub fn pod_policy_chains(
             ir_sets: Some(BTreeMap::new()),
             classes: Classes::default(),
             guards: BTreeMap::new(),
+            pod_elements: Vec::new(),
         };
-        let Some(name) = r.policy_chain(dir, policy, &group, &fams) else {
+        let Some(name) = r.policy_chain(dir, policy, &group, ips) else {
             continue;
         };
         let ir_sets = r.ir_sets.take().unwrap_or_default();
+        let pod_elements = std::mem::take(&mut r.pod_elements);
         out.push(PolicyChain {
             name,
             policy: policy.to_string(),
             fams: fams.clone(),
             objects,
             ir_sets,
+            pod_elements,
         });
     }
     out
@@ -774,9 +784,14 @@ impl PolicyRenderer<'_> {
                     .insert(ip_key(ip), class_element(&pod.namespace, &pod.name, class));
             }
             for (policy, group) in by_policy(rules) {
-                let Some(chain) = self.policy_chain(dir, policy, &group, &fams) else {
+                let Some(chain) = self.policy_chain(dir, policy, &group, &pod.ips) else {
                     continue;
                 };
+                for (set, key) in std::mem::take(&mut self.pod_elements) {
+                    let set = self.table.sets.get_mut(&set).expect("rule() created it");
+                    set.elements
+                        .insert(key, sel_element(&pod.namespace, &pod.name));
+                }
                 for ip in &pod.ips {
                     let fam = Fam::of(ip);
                     let set = self
@@ -840,11 +855,13 @@ impl PolicyRenderer<'_> {
         dir: Dir,
         policy: &str,
         rules: &[&IrRule],
-        fams: &BTreeSet<Fam>,
+        ips: &[IpAddr],
     ) -> Option<String> {
+        let fams: BTreeSet<Fam> = ips.iter().map(Fam::of).collect();
         let mut body = Vec::new();
+        self.pod_elements.clear();
         for rule in rules {
-            self.rule(dir, rule, fams, &mut body);
+            self.rule(dir, rule, ips, &fams, &mut body);
         }
         if body.is_empty() {
             return None;
@@ -855,7 +872,7 @@ impl PolicyRenderer<'_> {
         // and the families of its pods, which fix its selection sets (a
         // dual-stack pod's rules may render the same as a v4-only pod's).
         let mut content = header.clone();
-        for fam in fams {
+        for fam in &fams {
             content.push(' ');
             content.push_str(fam.suffix());
         }
@@ -876,54 +893,139 @@ impl PolicyRenderer<'_> {
     }
 
     /// Appends the nft rules of one IR rule: one per (peer, family).
-    fn rule(&mut self, dir: Dir, rule: &IrRule, fams: &BTreeSet<Fam>, out: &mut Vec<Rule>) {
+    fn rule(
+        &mut self,
+        dir: Dir,
+        rule: &IrRule,
+        ips: &[IpAddr],
+        fams: &BTreeSet<Fam>,
+        out: &mut Vec<Rule>,
+    ) {
         let note = comment(&format!(
             "NetworkPolicy {} {}[{}]",
             rule.policy,
             dir.label(),
             rule.rule_index
         ));
-        let ports = self.ports(&rule.ports);
-        let allow = Expr::Verdict(Verdict::Accept);
-        let mut push = |mut exprs: Vec<Expr>, with_ports: bool| {
-            if with_ports {
-                match &ports {
-                    PortMatch::All => {}
-                    PortMatch::Nothing => return,
-                    PortMatch::Exprs(p) => exprs.extend(p.iter().cloned()),
-                }
-            }
-            exprs.push(allow.clone());
-            out.push(Rule::new(exprs).with_comment(note.clone()));
+        // What a peer match is combined with: the numeric ports (every port
+        // when the rule names none at all), and per family the pod's own named
+        // ports, looked up by (local pod, protocol, port).
+        let numeric = match (rule.ports.is_empty(), rule.named_ports.is_empty()) {
+            (true, true) => Some(PortMatch::All),
+            (true, false) => None,
+            (false, _) => Some(self.ports(&rule.ports)),
         };
         let in_set = |field: Vec<Field>, set: String| Expr::Match {
             left: field,
             op: MatchOp::Eq,
             right: Rhs::Set(set),
         };
+        // Peer matches first: (statements, family they are limited to,
+        // whether the ports apply).
+        let mut matches: Vec<(Vec<Expr>, Option<Fam>, bool)> = Vec::new();
         for peer in &rule.peers {
             match peer {
-                IrPeer::Any => push(Vec::new(), true),
+                IrPeer::Any => matches.push((Vec::new(), None, true)),
                 IrPeer::AddressSet { name } => {
                     for &fam in fams {
                         let set = self.address_set(name, fam);
-                        push(vec![in_set(vec![dir.remote(fam)], set)], true);
+                        matches.push((vec![in_set(vec![dir.remote(fam)], set)], Some(fam), true));
                     }
                 }
                 IrPeer::AddressPortSet { name } => {
                     for &fam in fams {
                         let set = self.address_port_set(name, fam);
                         let key = vec![dir.remote(fam), Field::L4Proto, Field::ThDport];
-                        push(vec![in_set(key, set)], false);
+                        matches.push((vec![in_set(key, set)], Some(fam), false));
                     }
                 }
                 IrPeer::Cidr { cidr, except } => {
                     if let Some((fam, set)) = self.cidr_set(cidr, except, fams) {
-                        push(vec![in_set(vec![dir.remote(fam)], set)], true);
+                        matches.push((vec![in_set(vec![dir.remote(fam)], set)], Some(fam), true));
                     }
                 }
             }
         }
+        // Named-port sets only for the families some port-restricted match
+        // uses, so no set exists that no rule names.
+        let mut named = BTreeMap::new();
+        if !rule.named_ports.is_empty() {
+            for &fam in fams {
+                let used = matches
+                    .iter()
+                    .any(|(_, f, ports)| *ports && f.is_none_or(|f| f == fam));
+                if used {
+                    named.insert(fam, self.local_port_set(dir, rule, ips, fam));
+                }
+            }
+        }
+        let allow = Expr::Verdict(Verdict::Accept);
+        for (exprs, fam, with_ports) in matches {
+            let mut emit = |extra: &[Expr]| {
+                let mut e = exprs.clone();
+                e.extend(extra.iter().cloned());
+                e.push(allow.clone());
+                out.push(Rule::new(e).with_comment(note.clone()));
+            };
+            if !with_ports {
+                emit(&[]);
+                continue;
+            }
+            match &numeric {
+                Some(PortMatch::All) => emit(&[]),
+                Some(PortMatch::Exprs(p)) => emit(p),
+                Some(PortMatch::Nothing) | None => {}
+            }
+            for (f, set) in &named {
+                if fam.is_none_or(|x| x == *f) {
+                    emit(&[Expr::Match {
+                        left: vec![dir.local(*f), Field::L4Proto, Field::ThDport],
+                        op: MatchOp::Eq,
+                        right: Rhs::Set(set.clone()),
+                    }]);
+                }
+            }
+        }
+    }
+
+    /// `np-<hash>-v4`: (local pod IP, protocol, port) of the named ports of
+    /// one policy rule, resolved on each pod that uses it, so pods whose
+    /// ports differ share one chain. The pod's elements go to
+    /// `pod_elements`.
+    fn local_port_set(&mut self, dir: Dir, rule: &IrRule, ips: &[IpAddr], fam: Fam) -> String {
+        let names: Vec<String> = rule
+            .named_ports
+            .iter()
+            .map(|p| format!("{}/{}", p.protocol, p.name))
+            .collect();
+        let text = format!(
+            "NetworkPolicy {} {}[{}] named ports {}",
+            rule.policy,
+            dir.label(),
+            rule.rule_index,
+            names.join(",")
+        );
+        let (base, _) = self.names.name("np", &text);
+        let name = format!("{base}-{}", fam.suffix());
+        if !self.table.sets.contains_key(&name) {
+            self.table.add_set(Set {
+                name: name.clone(),
+                key: vec![fam.addr_type(), DataType::InetProto, DataType::InetService],
+                comment: Some(comment(&text)),
+                ..Default::default()
+            });
+        }
+        for ip in ips.iter().filter(|ip| Fam::of(ip) == fam) {
+            for p in &rule.named_ports {
+                let key = vec![
+                    KeyPart::Value(ip_value(ip)),
+                    KeyPart::Value(Value::Proto(proto_number(p.protocol))),
+                    KeyPart::Value(Value::Port(p.port)),
+                ];
+                self.pod_elements.push((name.clone(), key));
+            }
+        }
+        name
     }
 
     /// The elements of a new `as-`/`asp-` set, or none (recorded for later)
@@ -1219,6 +1321,7 @@ mod tests {
             ir_sets: None,
             classes: Classes::default(),
             guards: BTreeMap::new(),
+            pod_elements: Vec::new(),
         };
         r.dispatch(&NodePolicy::default());
         let plain = ns_chain_name(Dir::Ingress, "demo");
