@@ -539,7 +539,7 @@ pub fn rule_refs(rule: &Rule) -> Refs<'_> {
                 to: NatTarget::Map { map, .. },
                 ..
             } => r.sets.push(map),
-            Expr::SetUpdate { set, .. } => r.sets.push(set),
+            Expr::SetUpdate { set, .. } | Expr::MapUpdate { map: set, .. } => r.sets.push(set),
             Expr::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => r.chains.push(c),
             _ => {}
         }

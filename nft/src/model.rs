@@ -242,6 +242,16 @@ pub enum Field {
     CtMark,
     /// `fib daddr type`
     FibDaddrType,
+    /// `ct original ip daddr`: the IPv4 destination of the connection's original
+    /// tuple, i.e. before DNAT (a Service VIP after the packet was DNATed).
+    CtOriginalIpDaddr,
+    /// `ct original ip6 daddr`
+    CtOriginalIp6Daddr,
+    /// `ct original proto-dst`: the transport destination port of the original
+    /// tuple (before DNAT). `nft` gives it a type (`inet_service`) only after a
+    /// `meta l4proto tcp|udp|sctp` match in the same rule, so concatenations
+    /// that use it need one ([`crate::render::validate`] checks).
+    CtOriginalProtoDst,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,6 +384,16 @@ pub enum Expr {
         op: SetUpdateOp,
         set: String,
         key: Vec<Field>,
+        timeout: Option<Duration>,
+    },
+    /// Add or refresh an element of a dynamic *map* from packet and conntrack
+    /// fields: `update @map { ip saddr . ct original ip daddr timeout 3h : ip daddr
+    /// . th dport }`. `data` must match the map's data types.
+    MapUpdate {
+        op: SetUpdateOp,
+        map: String,
+        key: Vec<Field>,
+        data: Vec<Field>,
         timeout: Option<Duration>,
     },
     Verdict(Verdict),

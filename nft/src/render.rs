@@ -319,7 +319,11 @@ pub fn validate(table: &Table) -> Vec<Problem> {
             if let Some(m) = check_comment(&rule.comment) {
                 push(obj(), m);
             }
+            // `meta l4proto tcp` names one protocol; `meta l4proto @protos` is
+            // enough for nft to accept a NAT port (checked with nft 1.0.6) but
+            // gives `ct original proto-dst` no type.
             let mut l4_known = false;
+            let mut l4_single = false;
             if let Some(i) = rule
                 .exprs
                 .iter()
@@ -338,6 +342,14 @@ pub fn validate(table: &Table) -> Vec<Problem> {
                         left,
                         op: MatchOp::Eq,
                         right: Rhs::Value(_),
+                    } if left == &[Field::L4Proto] => {
+                        l4_known = true;
+                        l4_single = true;
+                    }
+                    Expr::Match {
+                        left,
+                        op: MatchOp::Eq,
+                        right: Rhs::Set(_),
                     } if left == &[Field::L4Proto] => l4_known = true,
                     Expr::Match {
                         left,
@@ -361,7 +373,20 @@ pub fn validate(table: &Table) -> Vec<Problem> {
                             );
                         }
                     }
-                    Expr::Reject(RejectKind::TcpReset) if !l4_known => {
+                    Expr::Match { left, .. }
+                    | Expr::SetUpdate { key: left, .. }
+                    | Expr::MapUpdate { key: left, .. }
+                        if !l4_single
+                            && left.len() > 1
+                            && left.contains(&Field::CtOriginalProtoDst) =>
+                    {
+                        push(
+                            obj(),
+                            "ct original proto-dst in a concatenation needs `meta l4proto tcp|udp|sctp` first"
+                                .into(),
+                        );
+                    }
+                    Expr::Reject(RejectKind::TcpReset) if !l4_single => {
                         push(
                             obj(),
                             "reject with tcp reset needs `meta l4proto tcp` first".into(),
@@ -714,6 +739,27 @@ impl<'h> Renderer<'h> {
                 }
                 w.write_str(" }")
             }
+            Expr::MapUpdate {
+                op,
+                map,
+                key,
+                data,
+                timeout,
+            } => {
+                let op = match op {
+                    SetUpdateOp::Add => "add",
+                    SetUpdateOp::Update => "update",
+                };
+                write!(w, "{op} @{map} {{ ")?;
+                fields(w, key)?;
+                if let Some(t) = timeout {
+                    w.write_str(" timeout ")?;
+                    duration(w, *t)?;
+                }
+                w.write_str(" : ")?;
+                fields(w, data)?;
+                w.write_str(" }")
+            }
             Expr::Verdict(v) => verdict(w, v),
         }
     }
@@ -874,6 +920,9 @@ fn field_name(f: Field) -> &'static str {
         Field::CtStatus => "ct status",
         Field::CtMark => "ct mark",
         Field::FibDaddrType => "fib daddr type",
+        Field::CtOriginalIpDaddr => "ct original ip daddr",
+        Field::CtOriginalIp6Daddr => "ct original ip6 daddr",
+        Field::CtOriginalProtoDst => "ct original proto-dst",
     }
 }
 
@@ -898,10 +947,10 @@ fn map_key<W: Write>(w: &mut W, k: &MapKey) -> fmt::Result {
 /// The data type a field's value has in a set key (for `typeof` declarations).
 fn field_type(f: Field) -> Option<DataType> {
     Some(match f {
-        Field::IpSaddr | Field::IpDaddr => DataType::Ipv4Addr,
-        Field::Ip6Saddr | Field::Ip6Daddr => DataType::Ipv6Addr,
+        Field::IpSaddr | Field::IpDaddr | Field::CtOriginalIpDaddr => DataType::Ipv4Addr,
+        Field::Ip6Saddr | Field::Ip6Daddr | Field::CtOriginalIp6Daddr => DataType::Ipv6Addr,
         Field::L4Proto => DataType::InetProto,
-        Field::ThSport | Field::ThDport => DataType::InetService,
+        Field::ThSport | Field::ThDport | Field::CtOriginalProtoDst => DataType::InetService,
         Field::IifName | Field::OifName => DataType::IfName,
         Field::Mark | Field::CtMark => DataType::Mark,
         _ => return None,

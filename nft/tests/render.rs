@@ -124,6 +124,15 @@ fn expr_kinds(e: &Expr, out: &mut BTreeSet<&'static str>) {
             SetUpdateOp::Add => "SetUpdate::Add",
             SetUpdateOp::Update => "SetUpdate::Update",
         },
+        Expr::MapUpdate { op, key, data, .. } => {
+            for f in key.iter().chain(data) {
+                out.insert(field_kind(*f));
+            }
+            match op {
+                SetUpdateOp::Add => "MapUpdate::Add",
+                SetUpdateOp::Update => "MapUpdate::Update",
+            }
+        }
         Expr::Verdict(v) => verdict_kind(v),
     };
     out.insert(name);
@@ -165,6 +174,9 @@ fn field_kind(f: Field) -> &'static str {
         Field::CtStatus => "CtStatus",
         Field::CtMark => "CtMark",
         Field::FibDaddrType => "FibDaddrType",
+        Field::CtOriginalIpDaddr => "CtOriginalIpDaddr",
+        Field::CtOriginalIp6Daddr => "CtOriginalIp6Daddr",
+        Field::CtOriginalProtoDst => "CtOriginalProtoDst",
     }
 }
 
@@ -250,6 +262,8 @@ fn fixture_covers_every_kind() {
         "Reject::IcmpxAdminProhibited",
         "SetUpdate::Add",
         "SetUpdate::Update",
+        "MapUpdate::Add",
+        "MapUpdate::Update",
         "Verdict::Accept",
         "Verdict::Drop",
         "Verdict::Continue",
@@ -276,6 +290,9 @@ fn fixture_covers_every_kind() {
         "CtStatus",
         "CtMark",
         "FibDaddrType",
+        "CtOriginalIpDaddr",
+        "CtOriginalIp6Daddr",
+        "CtOriginalProtoDst",
         "Value::Ipv4",
         "Value::Ipv6",
         "Value::Proto",
@@ -426,4 +443,33 @@ fn large_table_renders() {
     assert_eq!(text.lines().count(), 250_000 + 7);
     let b = render_batch(&full_load(&t));
     assert_eq!(b.lines().count(), 3);
+}
+
+#[test]
+fn validate_wants_one_protocol_before_ct_original_proto_dst() {
+    use Field::*;
+    let update = Expr::MapUpdate {
+        op: SetUpdateOp::Update,
+        map: "sticky".into(),
+        key: vec![IpSaddr, CtOriginalIpDaddr, L4Proto, CtOriginalProtoDst],
+        data: vec![IpDaddr, ThDport],
+        timeout: None,
+    };
+    let table = |exprs: Vec<Expr>| {
+        let mut t = Table::new(Family::Inet, "kube-nft");
+        t.add_chain(chain("c", vec![Rule::new(exprs)]));
+        validate(&t)
+    };
+    let problems = table(vec![update.clone()]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].message.contains("ct original proto-dst"));
+    // A set of protocols is not enough for nft to type the port.
+    let any = m(&[L4Proto], MatchOp::Eq, Rhs::Set("protos".into()));
+    assert_eq!(table(vec![any, update.clone()]).len(), 1);
+    let tcp = m(
+        &[L4Proto],
+        MatchOp::Eq,
+        Rhs::Value(vec![Value::Proto(proto::TCP)]),
+    );
+    assert_eq!(table(vec![tcp, update]), vec![]);
 }

@@ -302,6 +302,20 @@ pub fn representative() -> Table {
     seen.timeout = Some(Duration::from_secs(10800));
     t.add_set(seen);
 
+    // Session affinity: client . original VIP . proto . original port → endpoint.
+    let mut sticky = set(
+        "sticky",
+        &[D::Ipv4Addr, D::Ipv4Addr, D::InetProto, D::InetService],
+        Some(SetData::Values(vec![D::Ipv4Addr, D::InetService])),
+    );
+    sticky.flags = SetFlags {
+        interval: false,
+        timeout: true,
+        dynamic: true,
+    };
+    t.add_set(sticky);
+    t.add_set(set("vips6", &[D::Ipv6Addr], None));
+
     let mut fwd = base("forward", ChainType::Filter, Hook::Forward, 0, vec![]);
     fwd.comment = Some("kube-nft policy".into());
     fwd.rules = vec![
@@ -495,6 +509,31 @@ pub fn representative() -> Table {
                 key: vec![IpSaddr, IpDaddr],
                 timeout: None,
             }]),
+            Rule::new(vec![
+                m(&[L4Proto], Eq, Rhs::Value(vec![Value::Proto(proto::TCP)])),
+                m(&[CtStatus], Eq, Rhs::Bits(ct_status::DNAT)),
+                Expr::MapUpdate {
+                    op: SetUpdateOp::Update,
+                    map: "sticky".into(),
+                    key: vec![IpSaddr, CtOriginalIpDaddr, L4Proto, CtOriginalProtoDst],
+                    data: vec![IpDaddr, ThDport],
+                    timeout: Some(Duration::from_secs(10800)),
+                },
+            ]),
+            Rule::new(vec![
+                m(&[L4Proto], Eq, Rhs::Value(vec![Value::Proto(proto::UDP)])),
+                Expr::MapUpdate {
+                    op: SetUpdateOp::Add,
+                    map: "sticky".into(),
+                    key: vec![IpSaddr, IpDaddr, L4Proto, CtOriginalProtoDst],
+                    data: vec![IpDaddr, ThDport],
+                    timeout: None,
+                },
+            ]),
+            Rule::new(vec![
+                m(&[CtOriginalIp6Daddr], Eq, Rhs::Set("vips6".into())),
+                Expr::Verdict(Verdict::Accept),
+            ]),
         ],
     ));
 

@@ -70,6 +70,11 @@ pub const NFT_META_L4PROTO: u32 = 16;
 pub const NFT_CT_STATE: u32 = 0;
 pub const NFT_CT_STATUS: u32 = 2;
 pub const NFT_CT_MARK: u32 = 3;
+pub const NFT_CT_PROTO_DST: u32 = 12;
+pub const NFT_CT_DST_IP: u32 = 20;
+pub const NFT_CT_DST_IP6: u32 = 22;
+/// `ct original …`: the direction attribute of a ct load (`IP_CT_DIR_ORIGINAL`).
+pub const IP_CT_DIR_ORIGINAL: u8 = 0;
 
 // fib.
 pub const NFTA_FIB_F_DADDR: u32 = 1 << 1;

@@ -100,10 +100,14 @@ pub(crate) fn decode_rule(family: Family, vms: &[Vm]) -> R<Vec<Expr>> {
                     .ok_or_else(|| step("unknown meta key".into()))?;
                 regs.write(*dreg, Src::Field(f), field_kind(f).len() as u32);
             }
-            Vm::Ct { key, dreg } => {
-                let f = field_of_load(super::types::Load::Ct(*key))
-                    .ok_or_else(|| step("unknown ct key".into()))?;
-                regs.write(*dreg, Src::Field(f), 4);
+            Vm::Ct { key, dreg, dir } => {
+                let load = match dir {
+                    None => super::types::Load::Ct(*key),
+                    Some(IP_CT_DIR_ORIGINAL) => super::types::Load::CtOriginal(*key),
+                    Some(d) => return Err(step(format!("ct direction {d}"))),
+                };
+                let f = field_of_load(load).ok_or_else(|| step("unknown ct key".into()))?;
+                regs.write(*dreg, Src::Field(f), field_kind(f).len() as u32);
             }
             Vm::Fib {
                 flags,
@@ -333,23 +337,43 @@ pub(crate) fn decode_rule(family: Family, vms: &[Vm]) -> R<Vec<Expr>> {
             }),
             Vm::Dynset {
                 sreg_key,
+                sreg_data,
                 op,
                 set,
                 timeout_ms,
             } => {
-                let MapKey::Fields(key) = lookup_key(&regs, *sreg_key).map_err(step)? else {
+                let op = match *op {
+                    NFT_DYNSET_OP_ADD => SetUpdateOp::Add,
+                    NFT_DYNSET_OP_UPDATE => SetUpdateOp::Update,
+                    _ => return Err(step("dynset op".into())),
+                };
+                let timeout = timeout_ms.filter(|t| *t != 0).map(Duration::from_millis);
+                // The key ends where the data begins (they are adjacent).
+                let end = sreg_data.map(reg_offset);
+                let MapKey::Fields(key) = fields_key(&regs, *sreg_key, end).map_err(step)? else {
                     return Err(step("set update keyed by numgen".into()));
                 };
-                out.push(Expr::SetUpdate {
-                    op: match *op {
-                        NFT_DYNSET_OP_ADD => SetUpdateOp::Add,
-                        NFT_DYNSET_OP_UPDATE => SetUpdateOp::Update,
-                        _ => return Err(step("dynset op".into())),
-                    },
-                    set: set.clone(),
-                    key,
-                    timeout: timeout_ms.filter(|t| *t != 0).map(Duration::from_millis),
-                });
+                match sreg_data {
+                    None => out.push(Expr::SetUpdate {
+                        op,
+                        set: set.clone(),
+                        key,
+                        timeout,
+                    }),
+                    Some(d) => {
+                        let MapKey::Fields(data) = fields_key(&regs, *d, None).map_err(step)?
+                        else {
+                            return Err(step("map update data from numgen".into()));
+                        };
+                        out.push(Expr::MapUpdate {
+                            op,
+                            map: set.clone(),
+                            key,
+                            data,
+                            timeout,
+                        });
+                    }
+                }
             }
             Vm::Unknown(name) => return Err(step(format!("unsupported expression {name:?}"))),
         }
@@ -362,10 +386,16 @@ pub(crate) fn decode_rule(family: Family, vms: &[Vm]) -> R<Vec<Expr>> {
 
 /// The key of a lookup: all packet fields, one numgen, or fields then numgen.
 fn lookup_key(regs: &Regs, sreg: u32) -> R<MapKey> {
+    fields_key(regs, sreg, None)
+}
+
+/// Like [`lookup_key`], stopping before register byte offset `end` (where a map
+/// update's data begins).
+fn fields_key(regs: &Regs, sreg: u32, end: Option<u32>) -> R<MapKey> {
     // The key length is not on the lookup; follow the loads from `sreg` on.
     let mut fields = Vec::new();
     let mut off = reg_offset(sreg);
-    while let Some((src, len)) = regs.slots.get(&off) {
+    while let Some((src, len)) = regs.slots.get(&off).filter(|_| end.is_none_or(|e| off < e)) {
         match src {
             Src::Field(f) => fields.push(*f),
             Src::Numgen(m) if fields.is_empty() => return Ok(MapKey::NumgenRandom { modulus: *m }),
@@ -571,6 +601,77 @@ mod tests {
                 Expr::Reject(RejectKind::IcmpxAdminProhibited),
                 Expr::Verdict(Verdict::Jump("c".into())),
             ],
+        );
+    }
+
+    #[test]
+    fn map_updates_and_ct_original_roundtrip() {
+        let update = |key: Vec<Field>, data: Vec<Field>| Expr::MapUpdate {
+            op: SetUpdateOp::Update,
+            map: "aff".into(),
+            key,
+            data,
+            timeout: Some(Duration::from_secs(10800)),
+        };
+        let tcp = m(
+            vec![Field::L4Proto],
+            MatchOp::Eq,
+            Rhs::Value(vec![Value::Proto(proto::TCP)]),
+        );
+        for (key, data) in [
+            (
+                vec![
+                    Field::IpSaddr,
+                    Field::CtOriginalIpDaddr,
+                    Field::L4Proto,
+                    Field::CtOriginalProtoDst,
+                ],
+                vec![Field::IpDaddr, Field::ThDport],
+            ),
+            (
+                vec![
+                    Field::Ip6Saddr,
+                    Field::CtOriginalIp6Daddr,
+                    Field::L4Proto,
+                    Field::CtOriginalProtoDst,
+                ],
+                vec![Field::Ip6Daddr, Field::ThDport],
+            ),
+        ] {
+            roundtrip(
+                Family::Inet,
+                vec![
+                    tcp.clone(),
+                    m(
+                        vec![Field::CtOriginalIpDaddr, Field::CtOriginalProtoDst],
+                        MatchOp::Eq,
+                        Rhs::Set("fe".into()),
+                    ),
+                    update(key, data),
+                ],
+            );
+        }
+        // The v6 key (40 bytes) and data (20) share the 64-byte register file.
+        let e = vec![update(
+            vec![
+                Field::Ip6Saddr,
+                Field::CtOriginalIp6Daddr,
+                Field::L4Proto,
+                Field::CtOriginalProtoDst,
+            ],
+            vec![Field::Ip6Daddr, Field::ThDport],
+        )];
+        let vms = encode_rule(Family::Inet, &shapes(), &Rule::new(e)).unwrap();
+        assert!(
+            matches!(
+                vms.last(),
+                Some(Vm::Dynset {
+                    sreg_key: 1,
+                    sreg_data: Some(18),
+                    ..
+                })
+            ),
+            "{vms:#?}"
         );
     }
 

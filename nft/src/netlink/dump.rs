@@ -120,6 +120,17 @@ impl Conn {
         Ok(Some(table))
     }
 
+    /// One set with its elements, `None` if absent. Cheaper than [`Conn::read_table`]
+    /// when only one set matters, e.g. to sweep entries the kernel added to a
+    /// dynamic map.
+    pub fn read_set(&mut self, family: Family, table: &str, name: &str) -> R<Option<Set>> {
+        let Some(mut set) = self.get_set(family, table, name)? else {
+            return Ok(None);
+        };
+        self.read_elements(family_code(family), table, &mut set)?;
+        Ok(Some(set))
+    }
+
     /// The header of one set (elements not read), `None` if absent.
     pub(crate) fn get_set(&mut self, family: Family, table: &str, name: &str) -> R<Option<Set>> {
         let mut s = NlSet::new();

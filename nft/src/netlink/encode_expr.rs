@@ -68,6 +68,7 @@ fn expr_name(e: &Expr) -> &'static str {
         Expr::Masquerade { .. } => "masquerade",
         Expr::Reject(_) => "reject",
         Expr::SetUpdate { .. } => "set update",
+        Expr::MapUpdate { .. } => "map update",
         Expr::Verdict(_) => "verdict",
     }
 }
@@ -184,11 +185,44 @@ impl RuleEncoder<'_> {
                 };
                 self.out.push(Vm::Dynset {
                     sreg_key,
+                    sreg_data: None,
                     op: match op {
                         SetUpdateOp::Add => NFT_DYNSET_OP_ADD,
                         SetUpdateOp::Update => NFT_DYNSET_OP_UPDATE,
                     },
                     set: set.clone(),
+                    timeout_ms,
+                });
+                Ok(())
+            }
+            Expr::MapUpdate {
+                op,
+                map,
+                key,
+                data,
+                timeout,
+            } => {
+                check_name(map)?;
+                if data.is_empty() {
+                    return Err("map update without data".into());
+                }
+                // Dependencies first: they use register 1, which the key then
+                // overwrites. The data follows the key in the next free 4-byte
+                // register, so the two never overlap.
+                for f in key.iter().chain(data) {
+                    self.dependency(*f)?;
+                }
+                let (sreg_key, key_len) = self.load_fields_at(key, 0)?;
+                let (sreg_data, _) = self.load_fields_at(data, key_len.div_ceil(4))?;
+                let timeout_ms = timeout.map(super::encode_set::millis).transpose()?;
+                self.out.push(Vm::Dynset {
+                    sreg_key,
+                    sreg_data: Some(sreg_data),
+                    op: match op {
+                        SetUpdateOp::Add => NFT_DYNSET_OP_ADD,
+                        SetUpdateOp::Update => NFT_DYNSET_OP_UPDATE,
+                    },
+                    set: map.clone(),
                     timeout_ms,
                 });
                 Ok(())
@@ -321,31 +355,40 @@ impl RuleEncoder<'_> {
     /// Emit loads of `fields` (and their protocol dependency) into consecutive
     /// registers. Returns the first register and the key length in bytes.
     fn load_fields(&mut self, fields: &[Field]) -> R<(u32, u32)> {
+        // Dependencies first: they use register 1, which the key then overwrites.
+        for f in fields {
+            self.dependency(*f)?;
+        }
+        self.load_fields_at(fields, 0)
+    }
+
+    /// Load `fields` into consecutive registers from 4-byte word `first` of the
+    /// register file on (0 is register 1). Dependencies must already be loaded.
+    /// Returns the first register and the key length in bytes.
+    fn load_fields_at(&mut self, fields: &[Field], first: u32) -> R<(u32, u32)> {
         if fields.is_empty() {
             return Err("no fields".into());
         }
         if fields.len() > 1 && fields.contains(&Field::FibDaddrType) {
             return Err("fib cannot be part of a concatenation".into());
         }
-        // Dependencies first: they use register 1, which the key then overwrites.
-        for f in fields {
-            self.dependency(*f)?;
-        }
-        let mut words = 0u32;
-        for f in fields {
-            let reg = if words == 0 {
+        let reg_of = |words: u32| {
+            if words == 0 {
                 NFT_REG_1
             } else {
                 NFT_REG32_00 + words
-            };
-            self.load(*f, reg);
+            }
+        };
+        let mut words = first;
+        for f in fields {
+            self.load(*f, reg_of(words));
             words += field_kind(*f).len().div_ceil(4) as u32;
         }
         if words > 16 {
             return Err("concatenation longer than the 64-byte register file".into());
         }
         let kinds: Vec<Kind> = fields.iter().map(|f| field_kind(*f)).collect();
-        Ok((NFT_REG_1, concat_len(&kinds) as u32))
+        Ok((reg_of(first), concat_len(&kinds) as u32))
     }
 
     /// In an inet table the IP header is only known after `meta nfproto`: nft adds
@@ -385,7 +428,16 @@ impl RuleEncoder<'_> {
                 len,
             },
             Load::Meta(key) => Vm::Meta { key, dreg },
-            Load::Ct(key) => Vm::Ct { key, dreg },
+            Load::Ct(key) => Vm::Ct {
+                key,
+                dreg,
+                dir: None,
+            },
+            Load::CtOriginal(key) => Vm::Ct {
+                key,
+                dreg,
+                dir: Some(IP_CT_DIR_ORIGINAL),
+            },
             Load::FibDaddrType => Vm::Fib {
                 flags: NFTA_FIB_F_DADDR,
                 result: NFT_FIB_RESULT_ADDRTYPE,

@@ -389,10 +389,14 @@ pub(crate) fn expr_of(vm: &Vm) -> NlExpr {
             e.u32(NFTNL_EXPR_META_KEY, *key)
                 .u32(NFTNL_EXPR_META_SREG, *sreg);
         }
-        Vm::Ct { key, dreg } => {
+        Vm::Ct { key, dreg, dir } => {
             e = NlExpr::new("ct");
             e.u32(NFTNL_EXPR_CT_KEY, *key)
                 .u32(NFTNL_EXPR_CT_DREG, *dreg);
+            if let Some(d) = dir {
+                // libnftnl keeps the direction as one byte.
+                e.set(NFTNL_EXPR_CT_DIR, &[*d]);
+            }
         }
         Vm::CtSet { key, sreg } => {
             e = NlExpr::new("ct");
@@ -538,6 +542,7 @@ pub(crate) fn expr_of(vm: &Vm) -> NlExpr {
         }
         Vm::Dynset {
             sreg_key,
+            sreg_data,
             op,
             set,
             timeout_ms,
@@ -546,6 +551,9 @@ pub(crate) fn expr_of(vm: &Vm) -> NlExpr {
             e.u32(NFTNL_EXPR_DYNSET_SREG_KEY, *sreg_key)
                 .u32(NFTNL_EXPR_DYNSET_OP, *op)
                 .str(NFTNL_EXPR_DYNSET_SET_NAME, set);
+            if let Some(d) = sreg_data {
+                e.u32(NFTNL_EXPR_DYNSET_SREG_DATA, *d);
+            }
             if let Some(t) = timeout_ms {
                 e.set(NFTNL_EXPR_DYNSET_TIMEOUT, &t.to_ne_bytes());
             }
@@ -576,13 +584,13 @@ fn vm_of(e: ExprRef<'_>) -> Vm {
             },
             _ => Vm::Unknown(name),
         },
-        "ct" if e.u32(NFTNL_EXPR_CT_DIR).is_none() && e.u32(NFTNL_EXPR_CT_DREG).is_some() => {
-            Vm::Ct {
-                key: e.u32_or0(NFTNL_EXPR_CT_KEY),
-                dreg: e.u32_or0(NFTNL_EXPR_CT_DREG),
-            }
-        }
-        "ct" if e.u32(NFTNL_EXPR_CT_DIR).is_none()
+        "ct" if e.u32(NFTNL_EXPR_CT_DREG).is_some() => Vm::Ct {
+            key: e.u32_or0(NFTNL_EXPR_CT_KEY),
+            dreg: e.u32_or0(NFTNL_EXPR_CT_DREG),
+            // One byte (see `expr_of`).
+            dir: e.get(NFTNL_EXPR_CT_DIR).and_then(|b| b.first().copied()),
+        },
+        "ct" if e.get(NFTNL_EXPR_CT_DIR).is_none()
             && e.u32(NFTNL_EXPR_CT_DREG).is_none()
             && e.u32(NFTNL_EXPR_CT_SREG).is_some() =>
         {
@@ -667,6 +675,7 @@ fn vm_of(e: ExprRef<'_>) -> Vm {
         },
         "dynset" => Vm::Dynset {
             sreg_key: e.u32_or0(NFTNL_EXPR_DYNSET_SREG_KEY),
+            sreg_data: e.u32(NFTNL_EXPR_DYNSET_SREG_DATA),
             op: e.u32_or0(NFTNL_EXPR_DYNSET_OP),
             set: e.str(NFTNL_EXPR_DYNSET_SET_NAME).unwrap_or_default(),
             timeout_ms: e.get(NFTNL_EXPR_DYNSET_TIMEOUT).and_then(u64_of),

@@ -72,9 +72,15 @@ impl Kind {
 /// How a rule loads a field into a register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Load {
-    Payload { base: u32, offset: u32, len: u32 },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
     Meta(u32),
     Ct(u32),
+    /// A ct key of the original direction (`ct original ip daddr`).
+    CtOriginal(u32),
     FibDaddrType,
 }
 
@@ -105,10 +111,13 @@ pub(crate) fn field_load(f: Field) -> Load {
         Field::CtStatus => Load::Ct(NFT_CT_STATUS),
         Field::CtMark => Load::Ct(NFT_CT_MARK),
         Field::FibDaddrType => Load::FibDaddrType,
+        Field::CtOriginalIpDaddr => Load::CtOriginal(NFT_CT_DST_IP),
+        Field::CtOriginalIp6Daddr => Load::CtOriginal(NFT_CT_DST_IP6),
+        Field::CtOriginalProtoDst => Load::CtOriginal(NFT_CT_PROTO_DST),
     }
 }
 
-const ALL_FIELDS: [Field; 15] = [
+const ALL_FIELDS: [Field; 18] = [
     Field::IpSaddr,
     Field::IpDaddr,
     Field::Ip6Saddr,
@@ -124,6 +133,9 @@ const ALL_FIELDS: [Field; 15] = [
     Field::CtStatus,
     Field::CtMark,
     Field::FibDaddrType,
+    Field::CtOriginalIpDaddr,
+    Field::CtOriginalIp6Daddr,
+    Field::CtOriginalProtoDst,
 ];
 
 /// The field a load reads, if the model has one for it.
@@ -133,10 +145,10 @@ pub(crate) fn field_of_load(l: Load) -> Option<Field> {
 
 pub(crate) fn field_kind(f: Field) -> Kind {
     match f {
-        Field::IpSaddr | Field::IpDaddr => Kind::Ipv4,
-        Field::Ip6Saddr | Field::Ip6Daddr => Kind::Ipv6,
+        Field::IpSaddr | Field::IpDaddr | Field::CtOriginalIpDaddr => Kind::Ipv4,
+        Field::Ip6Saddr | Field::Ip6Daddr | Field::CtOriginalIp6Daddr => Kind::Ipv6,
         Field::L4Proto => Kind::Proto,
-        Field::ThSport | Field::ThDport => Kind::Port,
+        Field::ThSport | Field::ThDport | Field::CtOriginalProtoDst => Kind::Port,
         Field::NfProto => Kind::NfProto,
         Field::IifName | Field::OifName => Kind::IfName,
         Field::Mark | Field::CtMark => Kind::Mark,

@@ -31,6 +31,8 @@ pub(crate) enum Vm {
     Ct {
         key: u32,
         dreg: u32,
+        /// `Some(IP_CT_DIR_ORIGINAL)` for `ct original …` keys.
+        dir: Option<u8>,
     },
     CtSet {
         key: u32,
@@ -103,6 +105,8 @@ pub(crate) enum Vm {
     },
     Dynset {
         sreg_key: u32,
+        /// Map updates: the register the element's data starts in.
+        sreg_data: Option<u32>,
         op: u32,
         set: String,
         timeout_ms: Option<u64>,

@@ -10,45 +10,49 @@
 //! # NetworkPolicy layout
 //!
 //! ```text
-//! forward (filter, hook forward, priority 0, policy accept)   after Service DNAT
+//! forward-egress (filter, hook forward, priority -1)          after Service DNAT
 //!   ct state established,related accept
 //!   ct state invalid drop
 //!   ct mark set ip saddr map @egress-class-v4               ; same for ip6
-//!   ct mark vmap @egress-chains
+//!   ct mark vmap @egress-chains                              → eg-ns-<namespace>
+//! forward (filter, hook forward, priority 0)
+//!   ct state established,related accept
+//!   ct state invalid drop
 //!   ip saddr != @node-addrs-v4 ct mark set ip daddr map @ingress-class-v4   ; same for ip6
-//!   ct mark vmap @ingress-chains
-//! input (filter, hook input, priority 0, policy accept)       pod → this node
+//!   ct mark vmap @ingress-chains                             → in-ns-<namespace>
+//! input (filter, hook input, priority 0)                      pod → this node
 //!   ct state established,related accept
 //!   ct state untracked accept           (IPv6 neighbour discovery, MLD)
 //!   ct mark set ip saddr map @egress-class-v4               ; same for ip6
 //!   ct mark vmap @egress-chains
-//! in-<hash> / eg-<hash>                 one per distinct rule list, shared by pods
-//!   ip saddr @as-peer-…-v4 meta l4proto tcp th dport 80 accept   (egress: return)
+//! in-ns-<namespace> / eg-ns-<namespace>   one per namespace with isolated local pods
+//!   ip daddr @sel-in-<hash>-v4 jump in-<hash>                ; one guard per policy chain
 //!   counter drop
+//! in-<hash> / eg-<hash>                   one NetworkPolicy's rules, shared by its pods
+//!   ip saddr @as-peer-…-v4 meta l4proto tcp th dport 80 accept
 //! ```
 //!
-//! - Dispatch is by class id: `*-class-v4/-v6` map a pod IP to the class id of
-//!   its chain (stored in the conntrack mark), `ingress-chains`/`egress-chains`
-//!   map the id to `jump <chain>`, one verdict element per chain, so moving a pod
-//!   between existing chains changes no verdict element (see [`policy`] for why
-//!   and for the use of the ct mark).
+//! - A pod isolated in a direction has its IPs in that direction's class map
+//!   (its namespace chain's class id, stored in the conntrack mark) and in the
+//!   selection set `sel-<chain>-v4/-v6` of each policy chain it uses; so a pod
+//!   created, deleted or relabelled changes set elements only, never a rule
+//!   (see [`policy`] for why, and for the use of the ct mark).
 //! - Pods not isolated in a direction have no element in that direction's map,
 //!   and traffic of pods on other nodes never matches either map: policy accept.
-//! - An egress chain allows with `return`, so a same-node destination's ingress
-//!   check still runs; an ingress chain allows with `accept`.
+//! - Egress and ingress are separate base chains, so allow rules `accept` at
+//!   any depth and a same-node destination's ingress check still runs.
 //! - The node's own addresses (`node-addrs-v4/-v6`) skip the ingress dispatch,
 //!   in `forward` too, so a node address reaching a local pod through another
 //!   interface is allowed like node → pod through the output hook, which
 //!   kube-nft never filters (the node may always reach its pods).
-//! - Chains are named by a hash of their content (comment and rules), so pods
-//!   with identical rule lists share one chain: 1,000 pods under the same
-//!   policies make one ingress and one egress chain. Ingress named ports resolve
-//!   per pod, so pods whose ports differ get different chains.
+//! - Policy chains are named by a hash of their content (comment, families and
+//!   rules), so the pods a policy selects share one chain. Ingress named ports
+//!   resolve per pod, so pods whose ports differ get different chains.
 //! - Sets: `as-<ir>-v4/-v6` (IPs of an IR address set), `asp-<ir>-v4/-v6` (IP .
 //!   proto . port for named egress ports), `cidr-<hash>` (an ipBlock minus its
 //!   excepts, disjoint intervals), `ports-<hash>` (`inet_proto . inet_service`
-//!   intervals when a rule has several ports). Only sets that some chain uses
-//!   are rendered.
+//!   intervals when a rule has several ports), `sel-<chain>-v4/-v6`. Only sets
+//!   that some chain uses are rendered.
 //!
 //! Example (abridged `render_text`): pod `demo/web` selected by a deny-all policy
 //! and `demo/allow-web` (TCP 80 and 8000-8080 from pods labelled `role=client`),
@@ -57,20 +61,19 @@
 //! ```text
 //! table inet kube-nft {
 //!     comment "kube-nft: NetworkPolicy and Services, managed by the kube-nft agent"
-//!     set as-peer-5d3c2a1b0e9f8d7c-v4 {
+//!     set as-peer-aa9ee1d30e485868-v4 {
 //!         type ipv4_addr
 //!         comment "namespace=demo;pods=role=client"
 //!         elements = { 10.0.1.11 }
 //!     }
 //!     map ingress-chains {
 //!         type mark : verdict
-//!         elements = { 0x61a5285a comment "in-0f3c94c9d0ed2740" : jump in-0f3c94c9d0ed2740,
-//!                      0x4d8e93d6 comment "in-cc1439ddcfbf0533" : jump in-cc1439ddcfbf0533 }
+//!         elements = { 0x3bb9e1ee comment "in-ns-demo" : jump in-ns-demo }
 //!     }
 //!     map ingress-class-v4 {
 //!         type ipv4_addr : mark
-//!         elements = { 10.0.1.10 comment "demo/web" : 0x61a5285a,
-//!                      10.0.1.11 comment "demo/client" : 0x4d8e93d6 }
+//!         elements = { 10.0.1.10 comment "demo/web" : 0x3bb9e1ee,
+//!                      10.0.1.11 comment "demo/client" : 0x3bb9e1ee }
 //!     }
 //!     set node-addrs-v4 { type ipv4_addr; elements = { 192.168.0.1 } }
 //!     set ports-ab4b74d4e2b3dd92 {
@@ -78,17 +81,22 @@
 //!         flags interval
 //!         elements = { tcp . 80, tcp . 8000-8080 }
 //!     }
-//!     chain in-0f3c94c9d0ed2740 {
-//!         comment "ingress: NetworkPolicy demo/allow-web"
-//!         ip saddr @as-peer-5d3c2a1b0e9f8d7c-v4 meta l4proto . th dport @ports-ab4b74d4e2b3dd92 accept comment "NetworkPolicy demo/allow-web ingress[0]"
-//!         counter drop comment "kube-nft: ingress not allowed by any NetworkPolicy"
+//!     set sel-in-7cdfff2cf935b221-v4 {
+//!         type ipv4_addr
+//!         comment "local pods selected by NetworkPolicy demo/allow-web"
+//!         elements = { 10.0.1.10 comment "demo/web" }
 //!     }
-//!     chain in-cc1439ddcfbf0533 {
-//!         comment "ingress: isolated, no rule allows anything"
+//!     chain in-7cdfff2cf935b221 {
+//!         comment "ingress: NetworkPolicy demo/allow-web"
+//!         ip saddr @as-peer-aa9ee1d30e485868-v4 meta l4proto . th dport @ports-ab4b74d4e2b3dd92 accept comment "NetworkPolicy demo/allow-web ingress[0]"
+//!     }
+//!     chain in-ns-demo {
+//!         comment "ingress: isolated pods of namespace demo"
+//!         ip daddr @sel-in-7cdfff2cf935b221-v4 jump in-7cdfff2cf935b221 comment "NetworkPolicy demo/allow-web"
 //!         counter drop comment "kube-nft: ingress not allowed by any NetworkPolicy"
 //!     }
 //!     (egress-chains, egress-class-v4/-v6, ingress-class-v6 and node-addrs-v6
-//!      maps/sets; chains forward, input)
+//!      maps/sets; chains forward-egress, forward, input)
 //! }
 //! ```
 
@@ -96,6 +104,7 @@ pub mod delta;
 pub mod intervals;
 pub mod names;
 pub mod policy;
+pub mod service;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,21 @@
+//! Services and EndpointSlices → the per-node NAT model.
+//!
+//! - [`spec`]: reading Services and EndpointSlices into checked data (errors
+//!   name object and field);
+//! - [`compute`](compute()): one node's [`NodeServices`] (pure);
+//! - [`synthesize_slices`]: the lab's stand-in for the EndpointSlice
+//!   controller;
+//! - [`model`]: the NAT model the renderer
+//!   ([`render::service`](crate::render::service)) turns into nftables.
+
+pub mod compute;
+pub mod model;
+pub mod slices;
+pub mod spec;
+
+pub use compute::{compute, external_name_note};
+pub use model::*;
+pub use slices::synthesize_slices;
+
+#[cfg(test)]
+mod tests;
