@@ -206,27 +206,6 @@ fn a_wrong_expectation_fails_and_names_the_pair() {
 }
 
 #[test]
-fn service_probes_are_refused_before_anything_is_built() {
-    let (code, out, err) = {
-        let path = std::env::temp_dir().join(format!("kube-nft-svc-{}.yaml", std::process::id()));
-        std::fs::write(&path, "steps:\n  - probe: {port: 80, to: service}\n").unwrap();
-        let dir = examples();
-        let r = kube_nft(&[
-            "lab",
-            "run",
-            "-f",
-            dir.to_str().unwrap(),
-            "--scenario",
-            path.to_str().unwrap(),
-        ]);
-        let _ = std::fs::remove_file(path);
-        r
-    };
-    assert_ne!(code, 0, "{out}");
-    assert!(err.contains("Service NAT is not implemented yet"), "{err}");
-}
-
-#[test]
 fn agent_dry_run_prints_the_nft_script() {
     let dir = examples();
     let (code, out, err) = kube_nft(&[

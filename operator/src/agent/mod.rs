@@ -2,8 +2,9 @@
 //! runs once per lab node.
 //!
 //! An [`Agent`] holds a node name and a [`Dataplane`] for one network namespace.
-//! It takes the node's share of the compiled policy ([`AgentInput`]), renders the
-//! desired `inet kube-nft` table ([`crate::render::render_policy`]), and syncs it
+//! It takes the node's share of the compiled policy and its Service NAT model
+//! ([`AgentInput`]), renders the desired `inet kube-nft` table
+//! ([`crate::render::render`]), and syncs it
 //! incrementally: the dataplane diffs against the table it last committed and
 //! sends only the difference, in one atomic batch.
 //!
@@ -25,7 +26,9 @@ use serde::Serialize;
 
 pub use handle::{AgentHandle, PendingSync};
 
+use crate::cluster::Cluster;
 use crate::render::{self, TABLE_FAMILY, TABLE_NAME};
+use crate::service::{self, NodeServices, ServiceConfig};
 
 /// Why an agent could not open its dataplane or enforce a change. The
 /// previously committed ruleset stays enforced on a failed sync.
@@ -56,11 +59,15 @@ fn in_netns(netns: &Option<String>) -> String {
 }
 
 /// What a node enforces: its share of the IR and the address sets it references
-/// (more sets are harmless: only referenced ones are rendered).
+/// (more sets are harmless: only referenced ones are rendered), and its Service
+/// NAT model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentInput {
     pub policy: NodePolicy,
     pub address_sets: BTreeMap<String, AddressSet>,
+    /// `None` leaves Service NAT out of the table (policy only).
+    pub services: Option<NodeServices>,
+    pub service_config: ServiceConfig,
 }
 
 impl AgentInput {
@@ -74,12 +81,34 @@ impl AgentInput {
         AgentInput {
             policy,
             address_sets: compiled.address_sets.clone(),
+            services: None,
+            service_config: ServiceConfig::default(),
+        }
+    }
+
+    /// `node`'s share of the compiled policy and its Service NAT, computed from
+    /// `cluster` (whose EndpointSlices must be complete: the lab synthesizes
+    /// them, a cluster's controller writes them).
+    pub fn for_cluster(
+        cluster: &Cluster,
+        compiled: &CompiledPolicy,
+        node: &str,
+        config: &ServiceConfig,
+    ) -> AgentInput {
+        AgentInput {
+            services: Some(service::compute(cluster, node, config)),
+            service_config: config.clone(),
+            ..AgentInput::for_node(compiled, node)
         }
     }
 
     /// The desired table (pure).
     pub fn render(&self) -> Table {
-        render::render_policy(&self.policy, &self.address_sets)
+        render::render(&render::RenderInput {
+            policy: &self.policy,
+            address_sets: &self.address_sets,
+            services: self.services.as_ref().map(|s| (s, &self.service_config)),
+        })
     }
 }
 

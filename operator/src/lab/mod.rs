@@ -20,6 +20,7 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod sctp;
+pub mod services;
 pub mod topology;
 
 use std::io;

@@ -55,7 +55,10 @@ pub struct ProbeReport {
     pub step: usize,
     pub protocol: Protocol,
     pub port: u16,
+    /// `pod`, `service`, `nodeport` or `loadbalancer`.
     pub to: String,
+    /// `pod` or `outside`.
+    pub from: String,
     pub family: Family,
     pub results: Vec<Cell>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +77,14 @@ pub struct Cell {
     pub allowed: bool,
     pub expected: bool,
     pub explain: bool,
+    /// The pod that answered (`namespace/name`): for a Service, the backend
+    /// its node chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The source address the answering pod saw (the client's, or a node's
+    /// when the connection was masqueraded).
+    #[serde(rename = "sourceIp", skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
     /// Why the connection failed or who answered instead (human output only).
     #[serde(skip)]
     pub detail: Option<String>,
@@ -328,22 +339,28 @@ fn detail_of(report: &LabReport, step: usize, from: &str, to: &str) -> String {
 }
 
 fn render_grid(s: &mut String, p: &ProbeReport, colour: bool) {
-    let mut names = BTreeSet::new();
+    let mut rows = BTreeSet::new();
+    let mut columns = BTreeSet::new();
     let mut cells = BTreeMap::new();
     for c in &p.results {
-        names.insert(c.from.as_str());
-        names.insert(c.to.as_str());
+        rows.insert(c.from.as_str());
+        columns.insert(c.to.as_str());
         cells.insert((c.from.as_str(), c.to.as_str()), c);
     }
-    let first = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    // Pod to pod: a square over every pod, so the diagonal shows.
+    if p.to == "pod" && p.from == "pod" {
+        rows.extend(columns.iter().copied());
+        columns = rows.clone();
+    }
+    let first = rows.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     let _ = write!(s, "  {:first$}", "");
-    for n in &names {
+    for n in &columns {
         let _ = write!(s, "  {n}");
     }
     s.push('\n');
-    for from in &names {
+    for from in &rows {
         let _ = write!(s, "  {from:<first$}");
-        for to in &names {
+        for to in &columns {
             let width = to.chars().count().max(2);
             let (mark, code) = match cells.get(&(*from, *to)) {
                 _ if from == to => (".".to_string(), ""),
@@ -389,6 +406,8 @@ mod tests {
             allowed,
             expected,
             explain,
+            backend: allowed.then(|| to.to_string()),
+            source_ip: None,
             detail: (!allowed).then(|| "timed out".to_string()),
         }
     }
@@ -404,6 +423,7 @@ mod tests {
                 protocol: Protocol::Tcp,
                 port: 80,
                 to: "pod".into(),
+                from: "pod".into(),
                 family,
                 results: cells,
                 skipped: None,

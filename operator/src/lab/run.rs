@@ -28,13 +28,16 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec as K8sNodeSpec, Pod, PodIP};
 use tokio::runtime::Runtime;
 
+use super::netns::{run_ip_batches, IpBatch};
 use super::report::{Cell, Enforcement, LabReport, ProbeReport};
-use super::scenario::{Family, ObjectRef, ProbeStep, Scenario, Step};
+use super::scenario::{self, Family, ObjectRef, ProbeStep, Scenario, Source, Step, Target};
+use super::services::{self, Client, ServiceTarget, Via};
 use super::topology::{self, LabPod, NodeSpec, PodPort, PodSpec, Topology};
-use super::{addressing, sctp, LabGuard, Listeners, ProbeSpec, Protocol};
+use super::{addressing, sctp, LabGuard, Listeners, Netns, ProbeResult, ProbeSpec, Protocol};
 use crate::agent::{AgentHandle, AgentInput, AgentReport};
 use crate::cluster::{self, Cluster, Object, ObjectKey};
 use crate::policy::{compile, explain_flow, Endpoint, Flow};
+use crate::service::{NodeServices, ServiceConfig};
 
 /// Command-line knobs of a run.
 #[derive(Debug, Clone)]
@@ -347,6 +350,13 @@ struct Lab {
     next_node: usize,
     next_index: usize,
     enforcements: Vec<Enforcement>,
+    /// Each node's Service NAT model as last enforced.
+    services: BTreeMap<String, NodeServices>,
+    service_config: ServiceConfig,
+    /// Load-balancer and external IPs → the node the underlay routes them to.
+    lb_routes: BTreeMap<IpAddr, String>,
+    /// Service problems already reported (each is printed once).
+    reported: BTreeSet<String>,
     rt: Runtime,
 }
 
@@ -369,7 +379,6 @@ pub fn run(
             (Scenario::from_ports(&ports, &[Family::IPv4]), Some(ports))
         }
     };
-    scenario.check_supported().map_err(|e| anyhow!(e))?;
     let probed = scenario.probed_ports();
     let (spec, next_node) = plan_lab(&cluster, options, &probed)?;
     // Check addresses before creating anything: clear errors, nothing to undo.
@@ -397,6 +406,11 @@ pub fn run(
     let guard = LabGuard::new()?;
     let topology = topology::build(&spec, &guard).context("building the lab")?;
     let next_index = topology.pods.len();
+    let cluster_cidrs: Vec<IpNet> = topology
+        .nodes
+        .iter()
+        .flat_map(|n| std::iter::once(IpNet::V4(n.pod_cidr)).chain(n.pod_cidr_v6.map(IpNet::V6)))
+        .collect();
     let mut lab = Lab {
         cluster,
         topology,
@@ -407,6 +421,10 @@ pub fn run(
         next_node,
         next_index,
         enforcements: Vec::new(),
+        services: BTreeMap::new(),
+        service_config: services::config(&cluster_cidrs),
+        lb_routes: BTreeMap::new(),
+        reported: BTreeSet::new(),
         rt,
     };
     let outcome = lab.run(&scenario);
@@ -504,14 +522,40 @@ impl Lab {
         Ok(())
     }
 
-    /// Recompiles, hands every node its share, and waits until each kernel
-    /// committed it.
+    /// Recompiles, hands every node its share of the policy and its Service
+    /// NAT (Services completed and EndpointSlices derived as a cluster's
+    /// control plane would), waits until each kernel committed it, and points
+    /// the lab's load balancer at the nodes that serve each address.
     fn enforce(&mut self, step: Option<usize>) -> anyhow::Result<()> {
+        services::complete_services(&mut self.cluster)?;
         let compiled = compile(&self.cluster);
+        let with_slices = services::with_endpoint_slices(&self.cluster);
+        let inputs: Vec<AgentInput> = self
+            .agents
+            .iter()
+            .map(|a| {
+                AgentInput::for_cluster(&with_slices, &compiled, a.node(), &self.service_config)
+            })
+            .collect();
+        self.services = inputs
+            .iter()
+            .map(|i| {
+                (
+                    i.policy.node.clone(),
+                    i.services.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for e in self.services.values().flat_map(|s| &s.errors) {
+            if self.reported.insert(e.to_string()) {
+                eprintln!("warning: {e} (skipped)");
+            }
+        }
         let pending = self
             .agents
             .iter()
-            .map(|a| a.submit(AgentInput::for_node(&compiled, a.node())))
+            .zip(inputs)
+            .map(|(a, input)| a.submit(input))
             .collect::<Result<Vec<_>, _>>()?;
         let nodes = pending
             .into_iter()
@@ -522,6 +566,39 @@ impl Lab {
                 None => "enforcing the initial policy".to_string(),
             })?;
         self.enforcements.push(Enforcement { step, nodes });
+        self.route_load_balancers()
+    }
+
+    /// Routes each load-balancer and external IP from the underlay to the
+    /// node [`services::lb_routes`] picks (as a cloud load balancer following
+    /// health checks would), and drops routes of addresses that went away.
+    fn route_load_balancers(&mut self) -> anyhow::Result<()> {
+        let want = services::lb_routes(&self.services);
+        let mut commands = Vec::new();
+        for (ip, node) in &want {
+            if self.lb_routes.get(ip) == Some(node) {
+                continue;
+            }
+            let lab = self
+                .topology
+                .node(node)
+                .ok_or_else(|| anyhow!("node {node} is not in the lab"))?;
+            let via: IpAddr = match ip {
+                IpAddr::V4(_) => lab.internal_ip.into(),
+                IpAddr::V6(_) => lab.internal_ipv6.into(),
+            };
+            commands.push(format!("route replace {} via {via}", IpNet::from(*ip)));
+        }
+        for ip in self.lb_routes.keys().filter(|ip| !want.contains_key(ip)) {
+            commands.push(format!("route del {}", IpNet::from(*ip)));
+        }
+        run_ip_batches(&[IpBatch {
+            netns: Some(self.topology.underlay.name.clone()),
+            commands,
+            force: false,
+        }])
+        .context("routing load-balancer addresses in the underlay")?;
+        self.lb_routes = want;
         Ok(())
     }
 
@@ -719,26 +796,96 @@ impl Lab {
             .collect();
         let mut specs = Vec::new();
         let mut reports = Vec::new();
-        // (report index, probe, from, to, source IP, destination IP, spec index)
-        let mut pending = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         for &(step, p) in steps {
-            check_expectation_names(step, p, &keys)?;
+            check_expectation_names(step, p, &keys, &self.cluster)?;
             let addresses: Vec<Option<IpAddr>> = pods
                 .iter()
                 .map(|pod| pod.ips().into_iter().find(|ip| p.family.has(ip)))
                 .collect();
+            let sources: Vec<Party> = match p.from {
+                Source::Pod => pods
+                    .iter()
+                    .zip(&keys)
+                    .zip(&addresses)
+                    .filter_map(|((pod, key), ip)| {
+                        Some(Party {
+                            key: key.clone(),
+                            netns: pod.netns.clone(),
+                            ip: (*ip)?,
+                            node: Some(pod.node.clone()),
+                        })
+                    })
+                    .collect(),
+                Source::Outside => {
+                    let o = &self.topology.outside;
+                    let ip: IpAddr = match p.family {
+                        Family::IPv4 => o.ip.into(),
+                        Family::IPv6 => o.ipv6.into(),
+                    };
+                    vec![Party {
+                        key: scenario::outside_key(),
+                        netns: o.netns.clone(),
+                        ip,
+                        node: None,
+                    }]
+                }
+            };
+            let targets: Vec<(ObjectKey, String, SocketAddr, Option<ServiceTarget>)> = match p.to {
+                Target::Pod => keys
+                    .iter()
+                    .zip(&addresses)
+                    .filter_map(|(k, ip)| {
+                        Some((
+                            k.clone(),
+                            k.to_string(),
+                            SocketAddr::new((*ip)?, p.port),
+                            None,
+                        ))
+                    })
+                    .collect(),
+                to => {
+                    let via = match to {
+                        Target::NodePort => Via::NodePort,
+                        Target::LoadBalancer => Via::LoadBalancer,
+                        _ => Via::ClusterIp,
+                    };
+                    services::targets(
+                        &self.cluster,
+                        &self.services,
+                        via,
+                        p.protocol,
+                        p.port,
+                        p.family,
+                    )
+                    .into_iter()
+                    .map(|t| {
+                        let addr = SocketAddr::new(t.addr, t.port);
+                        (t.service.clone(), t.label.clone(), addr, Some(t))
+                    })
+                    .collect()
+                }
+            };
             let skipped = if p.protocol == Protocol::Sctp {
                 Some(sctp::unsupported_reason().to_string())
-            } else if addresses.iter().all(Option::is_none) {
+            } else if p.to == Target::Pod && addresses.iter().all(Option::is_none) {
                 Some(format!(
                     "no pod has an {} address (give nodes an IPv6 pod CIDR: \
                      spec.podCIDRs or --pod-cidr-v6)",
                     p.family
                 ))
+            } else if targets.is_empty() {
+                Some(format!(
+                    "no Service has a {} for {}/{} over {}",
+                    p.to.as_str(),
+                    p.protocol,
+                    p.port,
+                    p.family
+                ))
             } else {
                 None
             };
-            let no_address = if skipped.is_some() {
+            let no_address = if skipped.is_some() || p.to != Target::Pod {
                 Vec::new()
             } else {
                 keys.iter()
@@ -751,7 +898,11 @@ impl Lab {
                 step,
                 protocol: p.protocol,
                 port: p.port,
-                to: "pod".into(),
+                to: p.to.as_str().into(),
+                from: match p.from {
+                    Source::Pod => "pod".into(),
+                    Source::Outside => scenario::OUTSIDE.into(),
+                },
                 family: p.family,
                 results: Vec::new(),
                 skipped: skipped.clone(),
@@ -760,18 +911,26 @@ impl Lab {
             if skipped.is_some() {
                 continue;
             }
-            for (fi, from) in pods.iter().enumerate() {
-                for ti in 0..pods.len() {
-                    let (Some(src), Some(dst)) = (addresses[fi], addresses[ti]) else {
-                        continue;
-                    };
-                    if fi == ti {
+            for source in &sources {
+                for (key, label, addr, service) in &targets {
+                    // A pod probing itself is never judged (through a Service
+                    // it is: that is hairpin traffic).
+                    if service.is_none() && *key == source.key {
                         continue;
                     }
-                    pending.push((reports.len() - 1, p, fi, ti, src, dst, specs.len()));
+                    pending.push(Pending {
+                        report: reports.len() - 1,
+                        step: p,
+                        from: source.clone(),
+                        to: key.clone(),
+                        label: label.clone(),
+                        addr: *addr,
+                        service: service.clone(),
+                        spec: specs.len(),
+                    });
                     specs.push(ProbeSpec {
-                        from: from.netns.clone(),
-                        to: SocketAddr::new(dst, p.port),
+                        from: source.netns.clone(),
+                        to: *addr,
                         protocol: p.protocol,
                         timeout: self.timeout,
                     });
@@ -779,45 +938,188 @@ impl Lab {
             }
         }
         let results = self.rt.block_on(super::probe_many(&specs));
-        for (r, p, fi, ti, src, dst, si) in pending {
-            let (from, to) = (&keys[fi], &keys[ti]);
-            let result = &results[si];
-            let label = pods[ti].label();
-            let answered_by = result.answer.as_ref().map(|a| a.responder.clone());
-            let allowed = result.answered() && answered_by.as_deref() == Some(label.as_str());
-            let detail = match (&result.error, &answered_by) {
-                (Some(e), _) => Some(e.to_string()),
-                (None, Some(who)) if *who != label => Some(format!("answered by {who}")),
-                (None, None) if !allowed => Some("no answer".into()),
-                _ => None,
-            };
-            let explain = explain_verdict(&self.cluster, src, dst, p);
-            let expected = p.expect.as_ref().map_or(explain, |e| e.expected(from, to));
-            reports[r].results.push(Cell {
-                from: from.to_string(),
-                to: to.to_string(),
-                allowed,
-                expected,
-                explain,
-                detail,
-            });
+        for job in pending {
+            let cell = self.judge(&job, &results[job.spec]);
+            reports[job.report].results.push(cell);
         }
         Ok(reports)
     }
+
+    /// One probe's cell: the kernel's verdict (the destination, or for a
+    /// Service one of its backends, answered) against the expectation and
+    /// explain.
+    fn judge(&self, job: &Pending, result: &ProbeResult) -> Cell {
+        let p = job.step;
+        let answer = result.answer.as_ref();
+        let responder = answer.map(|a| a.responder.clone());
+        let (allowed, explain) = match &job.service {
+            None => {
+                let allowed = result.answered() && responder.as_deref() == Some(job.label.as_str());
+                let explain = explain_verdict(&self.cluster, job.from.ip, job.addr.ip(), p);
+                (allowed, explain)
+            }
+            Some(target) => {
+                let verdicts = self.service_verdicts(job, target);
+                let allowed = result.answered()
+                    && verdicts
+                        .iter()
+                        .any(|(pod, _)| Some(pod) == responder.as_ref());
+                let all = verdicts.iter().all(|(_, ok)| *ok);
+                let none = !verdicts.iter().any(|(_, ok)| *ok);
+                // Backends policy treats differently: judged by the one that
+                // answered (a connection that got no answer went to one that
+                // policy denies).
+                let explain = if all || none {
+                    !verdicts.is_empty() && all
+                } else {
+                    verdicts
+                        .iter()
+                        .any(|(pod, ok)| *ok && Some(pod) == responder.as_ref())
+                };
+                (allowed, explain)
+            }
+        };
+        let detail = match (&result.error, &responder) {
+            (Some(e), _) => Some(e.to_string()),
+            (None, Some(who)) if !allowed => Some(format!("answered by {who}")),
+            (None, None) if !allowed => Some("no answer".into()),
+            _ => None,
+        };
+        let expected = p
+            .expect
+            .as_ref()
+            .map_or(explain, |e| e.expected(&job.from.key, &job.to));
+        Cell {
+            from: party_label(&job.from.key),
+            to: job.label.clone(),
+            allowed,
+            expected,
+            explain,
+            backend: responder.filter(|_| result.answered()),
+            source_ip: answer.and_then(|a| a.seen_source),
+            detail,
+        }
+    }
+
+    /// Explain's verdict for each backend a connection through `target` may
+    /// reach (`namespace/name` of its pod): the client's egress where its node
+    /// judges it, and the backend's ingress from the source its node sees.
+    fn service_verdicts(&self, job: &Pending, target: &ServiceTarget) -> Vec<(String, bool)> {
+        let addresses: services::NodeAddresses = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    vec![n.internal_ip.into(), n.internal_ipv6.into()],
+                )
+            })
+            .collect();
+        let client = Client {
+            ip: job.from.ip,
+            node: job.from.node.as_deref(),
+        };
+        let Some(route) = services::route(
+            &self.services,
+            &addresses,
+            &self.service_config,
+            client,
+            target,
+        ) else {
+            return Vec::new();
+        };
+        let protocol = job.step.protocol;
+        let explain = |from: IpAddr, to: IpAddr, port: u16| {
+            explain_flow(
+                &self.cluster,
+                &Flow {
+                    from: Endpoint::Ip(from),
+                    to: Endpoint::Ip(to),
+                    protocol,
+                    port,
+                },
+            )
+            .ok()
+        };
+        route
+            .backends
+            .iter()
+            .map(|(ep, seen)| {
+                let egress = match (job.from.node.is_some(), route.first_hop) {
+                    (false, _) => true,
+                    (true, Some((ip, port))) => {
+                        explain(job.from.ip, ip, port).is_none_or(|e| e.egress.verdict.allowed())
+                    }
+                    (true, None) => explain(job.from.ip, ep.addr, ep.port)
+                        .is_none_or(|e| e.egress.verdict.allowed()),
+                };
+                let ingress =
+                    explain(*seen, ep.addr, ep.port).is_none_or(|e| e.ingress.verdict.allowed());
+                (ep.pod.clone().unwrap_or_default(), egress && ingress)
+            })
+            .collect()
+    }
 }
 
-/// Every pod an expectation names exactly must exist at that step: a typo must
-/// not silently turn into "every other pair".
-fn check_expectation_names(step: usize, p: &ProbeStep, pods: &[ObjectKey]) -> anyhow::Result<()> {
+/// `namespace/name`, or the bare name of the outside host.
+fn party_label(key: &ObjectKey) -> String {
+    if key.namespace.is_empty() {
+        key.name.clone()
+    } else {
+        key.to_string()
+    }
+}
+
+/// One end of a probe.
+#[derive(Debug, Clone)]
+struct Party {
+    key: ObjectKey,
+    netns: Netns,
+    ip: IpAddr,
+    /// The node of a pod; `None` for the outside host.
+    node: Option<String>,
+}
+
+/// A probe sent, waiting to be judged.
+struct Pending<'a> {
+    report: usize,
+    step: &'a ProbeStep,
+    from: Party,
+    /// The pod or Service expectations name.
+    to: ObjectKey,
+    /// The column: `namespace/name` (`@node` for a NodePort).
+    label: String,
+    addr: SocketAddr,
+    service: Option<ServiceTarget>,
+    spec: usize,
+}
+
+/// Every pod (or, for a Service probe, Service) an expectation names
+/// exactly must exist at that step: a typo must not silently turn into
+/// "every other pair".
+fn check_expectation_names(
+    step: usize,
+    p: &ProbeStep,
+    pods: &[ObjectKey],
+    cluster: &Cluster,
+) -> anyhow::Result<()> {
     let Some(expect) = &p.expect else {
         return Ok(());
     };
+    let outside = scenario::outside_key();
     for pair in &expect.pairs {
-        for side in [&pair.from, &pair.to] {
-            if let Some(k) = side.exact() {
-                if !pods.contains(&k) {
-                    bail!("steps[{step}].probe.expect: `{pair}` names pod {k}, which is not in the lab at this step");
-                }
+        for (side, is_to) in [(&pair.from, false), (&pair.to, true)] {
+            let Some(k) = side.exact() else { continue };
+            let (known, what) = if is_to && p.to != Target::Pod {
+                (cluster.services().contains_key(&k), "Service")
+            } else if !is_to && p.from == Source::Outside {
+                (k == outside, "source")
+            } else {
+                (pods.contains(&k), "pod")
+            };
+            if !known && k != outside {
+                bail!("steps[{step}].probe.expect: `{pair}` names {what} {k}, which is not in the lab at this step");
             }
         }
     }

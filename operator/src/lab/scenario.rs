@@ -13,8 +13,14 @@
 //! * `expect` lists pairs `from->to` (`namespace/name`; `*` matches any namespace
 //!   or name); pairs not listed get the opposite verdict. Without `expect` the
 //!   lab expects what explain says.
-//! * `protocol` defaults to TCP, `to` to `pod`. `to: service` is refused until
-//!   Service NAT exists.
+//! * `protocol` defaults to TCP, `to` to `pod`, `from` to `pod`.
+//! * `to: service` probes every ClusterIP of a Service port with that protocol
+//!   and port; `to: nodeport` that port's NodePort on every node (columns
+//!   `namespace/name@node`); `to: loadbalancer` its load-balancer IPs. Columns
+//!   are named by the Service, and so are expectations (`x/a->y/web`).
+//! * `from: outside` probes from the lab's host beyond the cluster CIDR (row
+//!   `outside`, `outside->y/web` in expectations); it reaches pods, NodePorts
+//!   and load balancers, not ClusterIPs.
 //! * `family` (`IPv4` or `IPv6`, default `IPv4`; a kube-nft extension) picks the
 //!   address family: both ends' addresses of that family are used, and explain
 //!   judges the flow between those addresses. A pair where either pod has no
@@ -80,7 +86,37 @@ impl fmt::Display for ObjectRef {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Pod,
+    /// ClusterIPs.
     Service,
+    NodePort,
+    LoadBalancer,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Pod => "pod",
+            Target::Service => "service",
+            Target::NodePort => "nodeport",
+            Target::LoadBalancer => "loadbalancer",
+        }
+    }
+}
+
+/// Where probes start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Pod,
+    /// The lab's host beyond the cluster CIDR.
+    Outside,
+}
+
+/// The row name, and the key in expectations, of the outside host.
+pub const OUTSIDE: &str = "outside";
+
+/// The key the outside host has in expectations (no namespace).
+pub fn outside_key() -> ObjectKey {
+    ObjectKey::new("", OUTSIDE)
 }
 
 pub use crate::policy::Family;
@@ -90,6 +126,7 @@ pub struct ProbeStep {
     pub protocol: Protocol,
     pub port: u16,
     pub to: Target,
+    pub from: Source,
     pub family: Family,
     /// `None`: expect explain's verdict.
     pub expect: Option<Expect>,
@@ -151,6 +188,9 @@ impl KeyPattern {
 
 impl fmt::Display for KeyPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            return f.write_str(&self.name);
+        }
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
@@ -160,6 +200,12 @@ pub fn parse_pair(s: &str) -> Result<PairPattern, String> {
         .split_once("->")
         .ok_or_else(|| format!("`{s}` is not FROM->TO (namespace/pod->namespace/pod)"))?;
     let side = |part: &str| -> Result<KeyPattern, String> {
+        if part.trim() == OUTSIDE {
+            return Ok(KeyPattern {
+                namespace: String::new(),
+                name: OUTSIDE.into(),
+            });
+        }
         match part.trim().split_once('/') {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
                 Ok(KeyPattern {
@@ -204,6 +250,8 @@ struct RawProbe {
     port: u16,
     #[serde(default)]
     to: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
     #[serde(default)]
     family: Option<String>,
     #[serde(default)]
@@ -268,8 +316,26 @@ fn check_step(step: RawStep) -> Result<Step, String> {
             let to = match p.to.as_deref().unwrap_or("pod") {
                 "pod" => Target::Pod,
                 "service" => Target::Service,
-                other => return Err(format!(".probe.to: `{other}` is not `pod` or `service`")),
+                "nodeport" => Target::NodePort,
+                "loadbalancer" => Target::LoadBalancer,
+                other => {
+                    return Err(format!(
+                        ".probe.to: `{other}` is not `pod`, `service`, `nodeport` or `loadbalancer`"
+                    ))
+                }
             };
+            let from = match p.from.as_deref().unwrap_or("pod") {
+                "pod" => Source::Pod,
+                "outside" => Source::Outside,
+                other => return Err(format!(".probe.from: `{other}` is not `pod` or `outside`")),
+            };
+            if from == Source::Outside && to == Target::Service {
+                return Err(
+                    ".probe.from: outside: ClusterIPs are not reachable from outside \
+                     the cluster; probe `to: nodeport` or `to: loadbalancer`"
+                        .into(),
+                );
+            }
             let family = match p.family.as_deref() {
                 None => Family::IPv4,
                 Some(s) => Family::parse(s)
@@ -301,6 +367,7 @@ fn check_step(step: RawStep) -> Result<Step, String> {
                 protocol,
                 port: p.port,
                 to,
+                from,
                 family,
                 expect,
             })
@@ -359,6 +426,7 @@ impl Scenario {
                             protocol,
                             port,
                             to: Target::Pod,
+                            from: Source::Pod,
                             family,
                             expect: None,
                         })
@@ -368,34 +436,21 @@ impl Scenario {
         }
     }
 
-    /// Every (protocol, port) some probe uses: every pod listens on them, so a
-    /// verdict is about policy, never about a closed port.
+    /// Every (protocol, port) some probe of pods uses: every pod listens on
+    /// them, so a verdict is about policy, never about a closed port. (Probes
+    /// of Services reach the ports their endpoints declare.)
     pub fn probed_ports(&self) -> Vec<(Protocol, u16)> {
         let mut ports: Vec<_> = self
             .steps
             .iter()
             .filter_map(|s| match s {
-                Step::Probe(p) => Some((p.protocol, p.port)),
+                Step::Probe(p) if p.to == Target::Pod => Some((p.protocol, p.port)),
                 _ => None,
             })
             .collect();
         ports.sort();
         ports.dedup();
         ports
-    }
-
-    /// Refuses what the lab cannot run yet, before anything is built.
-    pub fn check_supported(&self) -> Result<(), String> {
-        for (i, step) in self.steps.iter().enumerate() {
-            if let Step::Probe(p) = step {
-                if p.to == Target::Service {
-                    return Err(format!(
-                        "steps[{i}].probe.to: service: Service NAT is not implemented yet; probe `to: pod`"
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -488,10 +543,25 @@ steps:
     }
 
     #[test]
-    fn service_probes_are_refused_until_service_nat_exists() {
-        let s = parse("steps:\n  - probe: {port: 80, to: service}\n").unwrap();
-        let e = s.check_supported().unwrap_err();
-        assert!(e.contains("Service NAT is not implemented yet"), "{e}");
+    fn service_targets_and_the_outside_host() {
+        let s = parse(
+            "steps:\n  - probe: {port: 80, to: nodeport, from: outside, expect: {allow: [\"outside->y/web\"]}}\n  - probe: {port: 80, to: loadbalancer}\n",
+        )
+        .unwrap();
+        let Step::Probe(p) = &s.steps[0] else {
+            panic!("{s:?}")
+        };
+        assert_eq!((p.to, p.from), (Target::NodePort, Source::Outside));
+        let expect = p.expect.as_ref().unwrap();
+        assert!(expect.expected(&outside_key(), &key("y/web")));
+        assert!(!expect.expected(&key("x/a"), &key("y/web")));
+        assert_eq!(expect.pairs[0].to_string(), "outside->y/web");
+        // Pods listen on the ports of pod probes only.
+        assert!(s.probed_ports().is_empty());
+        let e = parse("steps:\n  - probe: {port: 80, to: service, from: outside}\n").unwrap_err();
+        assert!(e.contains("steps[0].probe.from: outside"), "{e}");
+        let e = parse("steps:\n  - probe: {port: 80, to: ingress}\n").unwrap_err();
+        assert!(e.contains("`ingress` is not `pod`, `service`"), "{e}");
     }
 
     #[test]

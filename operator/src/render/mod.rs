@@ -1,11 +1,11 @@
-//! The agent's renderer: a node's share of the policy IR (and later its Service
-//! NAT model) → the desired `nft::Table`. Pure: the same input always renders the
+//! The agent's renderer: a node's share of the policy IR and its Service
+//! NAT model → the desired `nft::Table`. Pure: the same input always renders the
 //! same table, byte for byte, so the agent can diff it against the committed one
 //! (`nft::diff::diff`) and send only the difference.
 //!
 //! One table, `inet kube-nft`, assembled here from contributions: [`policy`]
-//! adds the NetworkPolicy chains; Service NAT will add its chains to the same
-//! table.
+//! adds the NetworkPolicy chains, [`service`] the Service NAT and masquerade
+//! chains (see its module doc for their layout).
 //!
 //! # NetworkPolicy layout
 //!
@@ -109,6 +109,8 @@ pub mod service;
 use std::collections::BTreeMap;
 
 use kube_nft_crds::ir::{AddressSet, NodePolicy};
+
+use crate::service::{NodeServices, ServiceConfig};
 use nft::{Family, Table};
 
 /// The table kube-nft owns (family `inet`: one table for IPv4 and IPv6).
@@ -125,6 +127,9 @@ pub struct RenderInput<'a> {
     pub policy: &'a NodePolicy,
     /// Address sets by IR name; may hold more than the node references.
     pub address_sets: &'a BTreeMap<String, AddressSet>,
+    /// The node's Service NAT model and settings; `None` renders the policy
+    /// part alone.
+    pub services: Option<(&'a NodeServices, &'a ServiceConfig)>,
 }
 
 /// The whole desired table for a node.
@@ -132,6 +137,9 @@ pub fn render(input: &RenderInput<'_>) -> Table {
     let mut table = Table::new(TABLE_FAMILY, TABLE_NAME);
     table.comment = Some(TABLE_COMMENT.into());
     policy::contribute(&mut table, input.policy, input.address_sets);
+    if let Some((services, config)) = input.services {
+        service::contribute(&mut table, services, config);
+    }
     table
 }
 
@@ -140,5 +148,6 @@ pub fn render_policy(node: &NodePolicy, address_sets: &BTreeMap<String, AddressS
     render(&RenderInput {
         policy: node,
         address_sets,
+        services: None,
     })
 }
