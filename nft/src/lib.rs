@@ -15,3 +15,5 @@ pub mod testing;
 
 pub use batch::{Batch, Op};
 pub use model::*;
+/// Conntrack entries over ctnetlink: list, and delete stale Service flows.
+pub use netlink::conntrack;

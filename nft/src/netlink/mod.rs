@@ -16,8 +16,12 @@
 //! `vm` (kernel expressions as data), `encode_expr`/`decode` (statements ↔ VM,
 //! pure), `encode_set` (sets and elements), `encode` (batch framing), `sys` (the
 //! only `unsafe`: libnftnl objects), `socket` (the connection), `dump` (read-back),
-//! `udata` (comment TLVs).
+//! `udata` (comment TLVs), `conntrack*` (ctnetlink: list and delete conntrack
+//! entries; plain bytes over `mnl`, no `unsafe`).
 
+pub mod conntrack;
+mod conntrack_msg;
+mod conntrack_types;
 mod consts;
 mod decode;
 mod dump;
