@@ -23,11 +23,12 @@
 //! is how the binary is always fresh, whichever of `cargo test -p e2e` or
 //! `cargo test --workspace` runs the suite.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Output};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -35,71 +36,7 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------
 // the binary
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e lives inside the workspace")
-        .to_path_buf()
-}
-
-fn kube_nft() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("KUBE_NFT_BIN") {
-            return PathBuf::from(bin);
-        }
-        build_kube_nft()
-    })
-}
-
-/// `cargo build -p kube-nft` with this test binary's profile; returns the
-/// executable cargo reports.
-fn build_kube_nft() -> PathBuf {
-    // target/<profile>/deps/netpol_conformance-HASH
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug")
-        .to_string();
-    let profile = match profile_dir.as_str() {
-        "debug" => "dev".to_string(),
-        other => other.to_string(),
-    };
-    let cargo = std::env::var_os("CARGO")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("CARGO").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("cargo"));
-    let out = Command::new(&cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "kube-nft",
-            "--bin",
-            "kube-nft",
-            "--message-format=json",
-            "--profile",
-            &profile,
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("running {} build: {e}", cargo.display()));
-    assert!(
-        out.status.success(),
-        "`cargo build -p kube-nft` failed ({}); set KUBE_NFT_BIN to use a prebuilt binary",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "kube-nft")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no kube-nft executable")
-}
+use common::kube_nft;
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output()

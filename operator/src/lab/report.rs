@@ -85,8 +85,9 @@ pub struct Cell {
     /// when the connection was masqueraded).
     #[serde(rename = "sourceIp", skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<std::net::IpAddr>,
-    /// Why the connection failed or who answered instead (human output only).
-    #[serde(skip)]
+    /// Why the connection failed (`refused`, `timed out`…) or who answered
+    /// instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 

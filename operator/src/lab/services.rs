@@ -445,6 +445,17 @@ pub fn route<'a>(
         (_, None) => (target.node.clone()?, client.ip, None),
     };
     let entry = entry_on(nodes, &dnat_node, target)?;
+    // loadBalancerSourceRanges: the firewall drops other sources before DNAT.
+    if let Some(ranges) = &entry.source_ranges {
+        if !ranges.iter().any(|r| r.contains(&received)) {
+            return Some(Route {
+                entry,
+                dnat_node,
+                backends: Vec::new(),
+                first_hop,
+            });
+        }
+    }
     let masquerade = match entry.masquerade {
         crate::service::Masquerade::Always => true,
         crate::service::Masquerade::FromOutsideCluster => !in_cluster(&received),
