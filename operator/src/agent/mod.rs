@@ -19,9 +19,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use kube_nft_crds::ir::{AddressSet, CompiledPolicy, NodePolicy};
+use nft::conntrack::{self, Conntrack};
 use nft::dataplane::{Dataplane, SyncError};
 use nft::netlink::{self, Conn};
-use nft::{Batch, Table};
+use nft::{Batch, Op, Table};
 use serde::Serialize;
 
 pub use handle::{AgentHandle, PendingSync};
@@ -126,6 +127,9 @@ pub struct AgentReport {
     /// Wall time from diff to the kernel's commit.
     #[serde(serialize_with = "as_millis")]
     pub elapsed: Duration,
+    /// Conntrack entries of UDP flows to endpoints that went away, and
+    /// session-affinity entries naming them, deleted after the commit.
+    pub stale_flows_cleared: usize,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -137,6 +141,11 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 pub struct Agent {
     node: String,
     dataplane: Dataplane,
+    /// `None` when the kernel has no ctnetlink (then stale UDP flows expire
+    /// on their own, after conntrack's UDP timeout).
+    conntrack: Option<Conntrack>,
+    /// The Service model of the last committed sync.
+    services: Option<NodeServices>,
 }
 
 impl Agent {
@@ -155,9 +164,17 @@ impl Agent {
         }
         .map_err(open_err)?;
         let dataplane = Dataplane::open(conn, TABLE_FAMILY, TABLE_NAME).map_err(open_err)?;
+        let conntrack = match netns {
+            Some(path) => Conntrack::open_in_netns(path),
+            None => Conntrack::open(),
+        }
+        .map_err(|e| tracing::warn!(%node, error = %e, "no conntrack netlink: stale UDP flows will time out"))
+        .ok();
         Ok(Agent {
             node: node.to_string(),
             dataplane,
+            conntrack,
+            services: None,
         })
     }
 
@@ -186,13 +203,78 @@ impl Agent {
                 node: self.node.clone(),
                 source,
             })?;
+        let old = std::mem::replace(&mut self.services, input.services.clone());
+        let stale_flows_cleared = match (&old, &input.services) {
+            (Some(old), Some(new)) if old != new => self.clear_stale(old, new),
+            _ => 0,
+        };
         Ok(AgentReport {
             node: self.node.clone(),
             ops: sync.ops,
             elements: sync.changes,
             transactions: sync.transactions,
             elapsed: sync.elapsed,
+            stale_flows_cleared,
         })
+    }
+
+    /// After a committed change of the Service model: deletes the conntrack
+    /// entries of UDP flows still DNATed to endpoints that went away, and the
+    /// session-affinity entries that name such endpoints, so running clients
+    /// move to live ones. Best effort: enforcement stands either way, a
+    /// failure is logged and the entries expire on their own.
+    fn clear_stale(&mut self, old: &NodeServices, new: &NodeServices) -> usize {
+        let mut cleared = 0;
+        if let Some(ct) = &mut self.conntrack {
+            for flow in service::stale_udp_flows(old, new) {
+                let family = conntrack::IpFamily::of(flow.endpoint.ip());
+                let filter = conntrack::Filter::new(conntrack::Proto::Udp, family);
+                let filter = match flow.frontend_addr {
+                    Some(addr) => {
+                        filter.orig_dst(std::net::SocketAddr::new(addr, flow.frontend_port))
+                    }
+                    None => filter.orig_dst_port(flow.frontend_port),
+                }
+                .dnat_to(flow.endpoint);
+                match ct.delete(&filter) {
+                    Ok(n) => cleared += n,
+                    Err(e) => {
+                        tracing::warn!(node = %self.node, ?flow, error = %e, "deleting stale UDP flows")
+                    }
+                }
+            }
+        }
+        for family in service::IpFamily::ALL {
+            let map = render::service::affinity_map(family);
+            let conn = self.dataplane.conn();
+            let set = match conn.read_set(TABLE_FAMILY, TABLE_NAME, &map) {
+                Ok(Some(set)) => set,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(node = %self.node, %map, error = %e, "reading affinity");
+                    continue;
+                }
+            };
+            let keys = render::service::stale_affinity(&set, new);
+            if keys.is_empty() {
+                continue;
+            }
+            let n = keys.len();
+            let mut batch = Batch::new(TABLE_FAMILY, TABLE_NAME);
+            batch.ops.push(Op::DeleteElements {
+                set: map.clone(),
+                keys,
+            });
+            // Straight to the kernel: the committed copy never holds the
+            // elements of dynamic sets (the kernel adds them).
+            match conn.apply(&batch) {
+                Ok(_) => cleared += n,
+                Err(e) => {
+                    tracing::warn!(node = %self.node, %map, error = %e, "deleting stale affinity")
+                }
+            }
+        }
+        cleared
     }
 }
 

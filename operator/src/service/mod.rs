@@ -12,10 +12,12 @@ pub mod compute;
 pub mod model;
 pub mod slices;
 pub mod spec;
+pub mod stale;
 
 pub use compute::{compute, external_name_note};
 pub use model::*;
 pub use slices::synthesize_slices;
+pub use stale::{stale_udp_flows, StaleFlow};
 
 #[cfg(test)]
 mod tests;
