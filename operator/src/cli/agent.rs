@@ -1,5 +1,6 @@
-//! `kube-nft agent apply`: compile one node's share of the manifests and apply it
-//! once to a network namespace, or print the `nft` script it would send.
+//! `kube-nft agent apply`: compile one node's share of the manifests (policy
+//! and Service NAT) and apply it once to a network namespace, or print the
+//! `nft` script it would send.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct AgentApplyArgs {
     /// Fail on any bad or unknown document instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+    #[command(flatten)]
+    pub nat: super::NatArgs,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -49,7 +52,20 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 fn apply(args: AgentApplyArgs) -> anyhow::Result<()> {
     let cluster = super::load_manifests(&args.files, args.strict)?;
-    let input = AgentInput::for_node(&compile_node(&cluster, &args.node), &args.node);
+    // Manifests have no EndpointSlice controller: derive the slices of
+    // Services that come without them, as the lab does.
+    let with_slices = crate::service::with_synthesized_slices(&cluster);
+    let input = AgentInput::for_cluster(
+        &with_slices,
+        &compile_node(&cluster, &args.node),
+        &args.node,
+        &args.nat.config(),
+    );
+    if let Some(services) = &input.services {
+        for e in &services.errors {
+            eprintln!("error (skipped): {e}");
+        }
+    }
     let mut out = std::io::stdout().lock();
     if args.dry_run {
         // Diff against what the kernel holds when it can be read; without
@@ -81,9 +97,10 @@ fn apply(args: AgentApplyArgs) -> anyhow::Result<()> {
     let report = agent.sync(&input)?;
     writeln!(
         out,
-        "node {}: {} pods isolated; {} ops, {} elements, {} transactions in {:.1} ms",
+        "node {}: {} pods isolated, {} Service frontends; {} ops, {} elements, {} transactions in {:.1} ms",
         report.node,
         input.policy.pods.len(),
+        input.services.as_ref().map_or(0, |s| s.entries.len()),
         report.ops,
         report.elements,
         report.transactions,

@@ -67,6 +67,16 @@ pub enum ExplainCommand {
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// What kube-nft does with a Service on each node: frontends, endpoints,
+    /// reject/drop, masquerade, affinity (ExternalName: DNS only).
+    Service {
+        /// NAMESPACE/NAME
+        service: ObjectKey,
+        #[command(flatten)]
+        nat: super::NatArgs,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// The pod-to-pod truth table.
     Matrix {
         /// PORT[/PROTOCOL] to probe (repeatable); default: every port pods declare.

@@ -39,6 +39,19 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
                 Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&e)?)?,
             }
         }
+        ExplainCommand::Service {
+            service,
+            nat,
+            output,
+        } => {
+            let with_slices = crate::service::with_synthesized_slices(&cluster);
+            let report = crate::service::explain_service(&with_slices, &service, &nat.config())
+                .map_err(anyhow::Error::msg)?;
+            match output {
+                Output::Text => write!(out, "{report}")?,
+                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+            }
+        }
         ExplainCommand::Matrix {
             ports,
             family,

@@ -53,6 +53,9 @@ pub struct LabRunArgs {
     /// Fail on any bad or unknown document instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+    /// Default `--cluster-cidr`: the lab nodes' pod CIDRs.
+    #[command(flatten)]
+    pub nat: super::NatArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +86,8 @@ fn run_once(args: LabRunArgs) -> anyhow::Result<()> {
         pod_cidr: args.pod_cidr,
         pod_cidr_v6: args.pod_cidr_v6,
         timeout: Duration::from_millis(args.timeout_ms),
+        cluster_cidrs: args.nat.cluster_cidrs.clone(),
+        no_masquerade_cidrs: args.nat.no_masquerade_cidrs.clone(),
     };
     let report = run_lab(cluster, scenario, &options)?;
     let mut out = std::io::stdout().lock();

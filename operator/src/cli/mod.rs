@@ -38,3 +38,27 @@ fn load_manifests(files: &[PathBuf], strict: bool) -> anyhow::Result<Cluster> {
     }
     Ok(loaded.cluster)
 }
+
+/// Service NAT settings shared by `agent apply` and `lab run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatArgs {
+    /// The cluster's pod address range (repeatable, e.g. one per family):
+    /// clients outside it reaching a ClusterIP, and pod traffic leaving it,
+    /// are masqueraded.
+    #[arg(long = "cluster-cidr", value_name = "CIDR")]
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// A destination range pods reach with their own address although it is
+    /// outside the cluster CIDR (repeatable).
+    #[arg(long = "no-masquerade-cidr", value_name = "CIDR")]
+    pub no_masquerade_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl NatArgs {
+    pub fn config(&self) -> crate::service::ServiceConfig {
+        crate::service::ServiceConfig {
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            no_masquerade_cidrs: self.no_masquerade_cidrs.clone(),
+            ..Default::default()
+        }
+    }
+}

@@ -51,6 +51,10 @@ pub struct RunOptions {
     pub pod_cidr_v6: Option<Ipv6Net>,
     /// Per connection attempt.
     pub timeout: Duration,
+    /// `--cluster-cidr`: empty = the lab nodes' pod CIDRs.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `--no-masquerade-cidr`.
+    pub no_masquerade_cidrs: Vec<IpNet>,
 }
 
 impl Default for RunOptions {
@@ -60,6 +64,8 @@ impl Default for RunOptions {
             pod_cidr: "10.244.0.0/16".parse().expect("valid CIDR"),
             pod_cidr_v6: None,
             timeout: Duration::from_millis(1000),
+            cluster_cidrs: Vec::new(),
+            no_masquerade_cidrs: Vec::new(),
         }
     }
 }
@@ -406,11 +412,15 @@ pub fn run(
     let guard = LabGuard::new()?;
     let topology = topology::build(&spec, &guard).context("building the lab")?;
     let next_index = topology.pods.len();
-    let cluster_cidrs: Vec<IpNet> = topology
-        .nodes
-        .iter()
-        .flat_map(|n| std::iter::once(IpNet::V4(n.pod_cidr)).chain(n.pod_cidr_v6.map(IpNet::V6)))
-        .collect();
+    let cluster_cidrs: Vec<IpNet> = if options.cluster_cidrs.is_empty() {
+        topology
+            .nodes
+            .iter()
+            .flat_map(|n| std::iter::once(IpNet::V4(n.pod_cidr)).chain(n.pod_cidr_v6.map(IpNet::V6)))
+            .collect()
+    } else {
+        options.cluster_cidrs.clone()
+    };
     let mut lab = Lab {
         cluster,
         topology,
@@ -422,7 +432,7 @@ pub fn run(
         next_index,
         enforcements: Vec::new(),
         services: BTreeMap::new(),
-        service_config: services::config(&cluster_cidrs),
+        service_config: services::config(&cluster_cidrs, &options.no_masquerade_cidrs),
         lb_routes: BTreeMap::new(),
         reported: BTreeSet::new(),
         rt,
@@ -529,7 +539,7 @@ impl Lab {
     fn enforce(&mut self, step: Option<usize>) -> anyhow::Result<()> {
         services::complete_services(&mut self.cluster)?;
         let compiled = compile(&self.cluster);
-        let with_slices = services::with_endpoint_slices(&self.cluster);
+        let with_slices = crate::service::with_synthesized_slices(&self.cluster);
         let inputs: Vec<AgentInput> = self
             .agents
             .iter()

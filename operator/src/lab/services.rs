@@ -199,24 +199,13 @@ fn lb_ingress(svc: &k8s_openapi::api::core::v1::Service) -> Vec<LoadBalancerIngr
         .unwrap_or_default()
 }
 
-/// `cluster` with the EndpointSlices the lab's controller derives from
-/// Service selectors and pod readiness (Services that come with slices of
-/// their own keep them).
-pub fn with_endpoint_slices(cluster: &Cluster) -> Cluster {
-    let mut out = cluster.clone();
-    for slice in crate::service::synthesize_slices(cluster) {
-        // Slices the controller builds are well-formed; a failure would be a
-        // bug in it, and the Service then simply has no endpoints.
-        let _ = out.insert(Object::EndpointSlice(slice));
-    }
-    out
-}
-
-/// The Service settings of a lab run: masquerade what leaves the lab's pod
-/// CIDRs.
-pub fn config(pod_cidrs: &[IpNet]) -> ServiceConfig {
+/// The Service settings of a lab run: masquerade what leaves the cluster
+/// CIDRs (the lab nodes' pod CIDRs unless given), except towards
+/// `no_masquerade`.
+pub fn config(cluster_cidrs: &[IpNet], no_masquerade: &[IpNet]) -> ServiceConfig {
     ServiceConfig {
-        cluster_cidrs: pod_cidrs.to_vec(),
+        cluster_cidrs: cluster_cidrs.to_vec(),
+        no_masquerade_cidrs: no_masquerade.to_vec(),
         ..ServiceConfig::default()
     }
 }

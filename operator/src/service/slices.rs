@@ -17,6 +17,19 @@ use crate::cluster::{self, Cluster, ObjectKey};
 pub const MANAGED_BY: &str = "kube-nft-lab";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 
+/// `cluster` with the slices [`synthesize_slices`] derives added: what the
+/// lab and `agent apply -f` (manifests without a control plane) compute
+/// Services from.
+pub fn with_synthesized_slices(cluster: &Cluster) -> Cluster {
+    let mut out = cluster.clone();
+    for slice in synthesize_slices(cluster) {
+        // Slices the controller builds are well-formed; a failure would be a
+        // bug in it, and the Service then simply has no endpoints.
+        let _ = out.insert(cluster::Object::EndpointSlice(slice));
+    }
+    out
+}
+
 /// Slices for every Service that has a selector and no EndpointSlice in
 /// `cluster`, built like the EndpointSlice controller does:
 ///
