@@ -13,6 +13,7 @@
 //! returns once the kernel committed the change, i.e. once it is enforced.
 
 mod handle;
+pub mod health;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -146,6 +147,9 @@ pub struct Agent {
     conntrack: Option<Conntrack>,
     /// The Service model of the last committed sync.
     services: Option<NodeServices>,
+    /// Answers load balancers' health checks of `externalTrafficPolicy:
+    /// Local` Services.
+    health: health::HealthServer,
 }
 
 impl Agent {
@@ -175,11 +179,17 @@ impl Agent {
             dataplane,
             conntrack,
             services: None,
+            health: health::HealthServer::new(netns),
         })
     }
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The ports answering load balancers' health checks.
+    pub fn health_check_ports(&self) -> Vec<u16> {
+        self.health.ports()
     }
 
     /// What the kernel holds as far as this agent knows.
@@ -203,6 +213,11 @@ impl Agent {
                 node: self.node.clone(),
                 source,
             })?;
+        if let Some(services) = &input.services {
+            for (port, e) in self.health.update(&services.health_checks) {
+                tracing::warn!(node = %self.node, port, error = %e, "cannot serve a health check");
+            }
+        }
         let old = std::mem::replace(&mut self.services, input.services.clone());
         let stale_flows_cleared = match (&old, &input.services) {
             (Some(old), Some(new)) if old != new => self.clear_stale(old, new),
