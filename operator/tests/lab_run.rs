@@ -54,12 +54,51 @@ fn the_store_example_enforces_what_explain_says() {
     assert_eq!(code, 0, "{err}\n{report}");
     assert_eq!(report["ok"], true);
     let probes = report["probes"].as_array().unwrap();
-    let ports: Vec<u64> = probes.iter().map(|p| p["port"].as_u64().unwrap()).collect();
-    assert_eq!(ports, vec![80, 5978, 6379]);
-    // 5 pods: 20 ordered pairs per probe.
-    assert!(probes
+    let shape: Vec<(u64, &str, &str)> = probes
         .iter()
-        .all(|p| p["results"].as_array().unwrap().len() == 20));
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap();
+            (p["port"].as_u64().unwrap(), s("to"), s("from"))
+        })
+        .collect();
+    // Every declared port pod to pod, then every Service port through its
+    // ClusterIP, then the LoadBalancer from outside.
+    assert_eq!(
+        shape,
+        [
+            (80, "pod", "pod"),
+            (5978, "pod", "pod"),
+            (6379, "pod", "pod"),
+            (80, "service", "pod"),
+            (5978, "service", "pod"),
+            (6379, "service", "pod"),
+            (80, "loadbalancer", "outside"),
+        ]
+    );
+    // 5 pods: 20 ordered pairs per pod probe, 5 clients per Service.
+    let sizes: Vec<usize> = probes
+        .iter()
+        .map(|p| p["results"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [20, 20, 20, 5, 5, 5, 1]);
+    // Through the Services, policy judges the pods behind them.
+    assert_eq!(
+        cell(&report, 3, "default/debug", "shop/frontend"),
+        Some(true)
+    );
+    assert_eq!(
+        cell(&report, 5, "shop/frontend-1", "shop/backend"),
+        Some(true)
+    );
+    assert_eq!(
+        cell(&report, 5, "default/debug", "shop/backend"),
+        Some(false)
+    );
+    assert_eq!(
+        cell(&report, 4, "shop/backend", "shop-data/database"),
+        Some(true)
+    );
+    assert_eq!(cell(&report, 6, "outside", "shop/frontend"), Some(true));
     // Anyone reaches the frontends on 80; frontends reach only the backend on
     // 6379; only the backend reaches the database; debug reaches no store backend.
     assert_eq!(

@@ -364,7 +364,9 @@ fn render_grid(s: &mut String, p: &ProbeReport, colour: bool) {
         for to in &columns {
             let width = to.chars().count().max(2);
             let (mark, code) = match cells.get(&(*from, *to)) {
-                _ if from == to => (".".to_string(), ""),
+                // A pod is not probed against itself; a Service of the same
+                // name as the client is (that is hairpin traffic).
+                None if from == to => (".".to_string(), ""),
                 None => ("-".to_string(), ""),
                 Some(c) => {
                     let base = if c.allowed { "✓" } else { "✗" };

@@ -367,7 +367,9 @@ struct Lab {
 }
 
 /// Runs the lab for `cluster` (from manifests) and `scenario` (default: one
-/// probe per declared port, expecting explain's verdict). Everything it builds
+/// probe per declared port, then one per Service port through its ClusterIP
+/// and, for NodePort and LoadBalancer Services, from outside, expecting
+/// explain's verdict). Everything it builds
 /// is removed before it returns, also on error; leftovers of crashed runs are
 /// removed first.
 pub fn run(
@@ -389,12 +391,19 @@ pub fn run(
     let (spec, next_node) = plan_lab(&cluster, options, &probed)?;
     // Check addresses before creating anything: clear errors, nothing to undo.
     let addresses = addressing::plan(&spec)?;
-    // The default scenario probes IPv6 too once some pod has an IPv6 address.
+    // The default scenario probes IPv6 too once some pod has an IPv6 address,
+    // and every Service port after the pods.
     let scenario = match default_ports {
-        Some(ports) if addresses.pods.iter().any(|p| p.ipv6.is_some()) => {
-            Scenario::from_ports(&ports, &[Family::IPv4, Family::IPv6])
+        Some(ports) => {
+            let mut s = if addresses.pods.iter().any(|p| p.ipv6.is_some()) {
+                Scenario::from_ports(&ports, &[Family::IPv4, Family::IPv6])
+            } else {
+                scenario
+            };
+            s.steps.extend(Scenario::service_probes(&cluster).steps);
+            s
         }
-        _ => scenario,
+        None => scenario,
     };
 
     let removed = super::cleanup_stale().context("removing leftovers of crashed lab runs")?;
@@ -416,7 +425,9 @@ pub fn run(
         topology
             .nodes
             .iter()
-            .flat_map(|n| std::iter::once(IpNet::V4(n.pod_cidr)).chain(n.pod_cidr_v6.map(IpNet::V6)))
+            .flat_map(|n| {
+                std::iter::once(IpNet::V4(n.pod_cidr)).chain(n.pod_cidr_v6.map(IpNet::V6))
+            })
             .collect()
     } else {
         options.cluster_cidrs.clone()

@@ -436,6 +436,49 @@ impl Scenario {
         }
     }
 
+    /// The default probes of Services: every (protocol, port) of a Service
+    /// through its ClusterIPs, and from outside through NodePorts or load
+    /// balancers for Services that have them (IPv4), expecting explain's
+    /// verdict.
+    pub fn service_probes(cluster: &crate::cluster::Cluster) -> Scenario {
+        use crate::service::spec::{self, ServiceType};
+        let mut probes: Vec<(Target, Source, Protocol, u16)> = Vec::new();
+        for svc in cluster.services().values() {
+            let Ok(spec) = spec::service(svc) else {
+                continue;
+            };
+            let external = match spec.kind {
+                ServiceType::ExternalName => continue,
+                ServiceType::LoadBalancer => Some(Target::LoadBalancer),
+                ServiceType::NodePort => Some(Target::NodePort),
+                ServiceType::ClusterIp => None,
+            };
+            for p in &spec.ports {
+                probes.push((Target::Service, Source::Pod, p.protocol, p.port));
+                if let Some(to) = external {
+                    probes.push((to, Source::Outside, p.protocol, p.port));
+                }
+            }
+        }
+        probes.sort_by_key(|&(to, from, protocol, port)| (to as u8, from as u8, port, protocol));
+        probes.dedup();
+        Scenario {
+            steps: probes
+                .into_iter()
+                .map(|(to, from, protocol, port)| {
+                    Step::Probe(ProbeStep {
+                        protocol,
+                        port,
+                        to,
+                        from,
+                        family: Family::IPv4,
+                        expect: None,
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// Every (protocol, port) some probe of pods uses: every pod listens on
     /// them, so a verdict is about policy, never about a closed port. (Probes
     /// of Services reach the ports their endpoints declare.)
