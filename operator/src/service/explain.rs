@@ -78,7 +78,11 @@ pub fn explain_service(
     }
     for node in &nodes {
         let services: NodeServices = compute(cluster, node, config);
-        for e in services.errors.iter().filter(|e| e.object.contains(&key.to_string())) {
+        for e in services
+            .errors
+            .iter()
+            .filter(|e| e.object.contains(&key.to_string()))
+        {
             let text = e.to_string();
             if !report.errors.contains(&text) {
                 report.errors.push(text);
@@ -138,7 +142,11 @@ impl fmt::Display for ServiceReport {
         }
         for fr in &self.frontends {
             let node = if fr.node.is_empty() { "-" } else { &fr.node };
-            write!(f, "  node {node}: {} ({}) → {}", fr.frontend, fr.port, fr.action)?;
+            write!(
+                f,
+                "  node {node}: {} ({}) → {}",
+                fr.frontend, fr.port, fr.action
+            )?;
             match fr.action.as_str() {
                 "reject" => write!(f, " (no endpoint: refused at once)")?,
                 "drop" => write!(f, " (traffic policy Local, no endpoint on this node)")?,
@@ -172,11 +180,14 @@ mod tests {
             "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: demo}\n\
              spec: {type: ExternalName, externalName: db.example.com}\n",
         );
-        let r = explain_service(&c, &ObjectKey::new("demo", "db"), &ServiceConfig::default())
-            .unwrap();
+        let r =
+            explain_service(&c, &ObjectKey::new("demo", "db"), &ServiceConfig::default()).unwrap();
         assert!(r.frontends.is_empty());
         let text = r.to_string();
-        assert!(text.contains("DNS only") && text.contains("db.example.com"), "{text}");
+        assert!(
+            text.contains("DNS only") && text.contains("db.example.com"),
+            "{text}"
+        );
     }
 
     #[test]
