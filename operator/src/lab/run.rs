@@ -470,6 +470,8 @@ impl Lab {
         for pod in &pods {
             self.serve(pod)?;
         }
+        self.serve_outside(scenario)?;
+        self.route_service_cidr()?;
         self.enforce(None)?;
 
         let mut probes = Vec::new();
@@ -530,6 +532,56 @@ impl Lab {
         self.cluster
             .insert_pod(with_lab_addresses(pod, lab))
             .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The outside host answers on the ports `to: outside` probes use.
+    fn serve_outside(&mut self, scenario: &Scenario) -> anyhow::Result<()> {
+        let ports: Vec<PodPort> = scenario
+            .outside_ports()
+            .into_iter()
+            .map(|(protocol, port)| PodPort { protocol, port })
+            .collect();
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let o = self.topology.outside.clone();
+        let mut listeners = Listeners::new();
+        self.rt.block_on(listeners.serve(
+            &o.netns,
+            scenario::OUTSIDE,
+            &[o.ip.into(), o.ipv6.into()],
+            &ports,
+        ))?;
+        self.listeners.insert(scenario::outside_key(), listeners);
+        Ok(())
+    }
+
+    /// Routes the Service CIDR from the underlay to the first node, as
+    /// clusters that announce their Service range do, so the outside host
+    /// can reach ClusterIPs (and is masqueraded there, being off-cluster).
+    fn route_service_cidr(&mut self) -> anyhow::Result<()> {
+        // The first by name: the node `services::targets` expects.
+        let Some(first) = self.topology.nodes.iter().min_by_key(|n| &n.name) else {
+            return Ok(());
+        };
+        run_ip_batches(&[IpBatch {
+            netns: Some(self.topology.underlay.name.clone()),
+            commands: vec![
+                format!(
+                    "route replace {} via {}",
+                    services::SERVICE_CIDR_V4,
+                    first.internal_ip
+                ),
+                format!(
+                    "route replace {} via {}",
+                    services::SERVICE_CIDR_V6,
+                    first.internal_ipv6
+                ),
+            ],
+            force: false,
+        }])
+        .context("routing the Service CIDR in the underlay")?;
+        Ok(())
     }
 
     fn serve(&mut self, pod: &LabPod) -> anyhow::Result<()> {
@@ -853,6 +905,19 @@ impl Lab {
                 }
             };
             let targets: Vec<(ObjectKey, String, SocketAddr, Option<ServiceTarget>)> = match p.to {
+                Target::Outside => {
+                    let o = &self.topology.outside;
+                    let ip: IpAddr = match p.family {
+                        Family::IPv4 => o.ip.into(),
+                        Family::IPv6 => o.ipv6.into(),
+                    };
+                    vec![(
+                        scenario::outside_key(),
+                        scenario::OUTSIDE.to_string(),
+                        SocketAddr::new(ip, p.port),
+                        None,
+                    )]
+                }
                 Target::Pod => keys
                     .iter()
                     .zip(&addresses)

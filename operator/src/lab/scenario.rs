@@ -16,11 +16,14 @@
 //! * `protocol` defaults to TCP, `to` to `pod`, `from` to `pod`.
 //! * `to: service` probes every ClusterIP of a Service port with that protocol
 //!   and port; `to: nodeport` that port's NodePort on every node (columns
-//!   `namespace/name@node`); `to: loadbalancer` its load-balancer IPs. Columns
-//!   are named by the Service, and so are expectations (`x/a->y/web`).
+//!   `namespace/name@node`); `to: loadbalancer` its load-balancer IPs and
+//!   externalIPs. Columns are named by the Service, and so are expectations
+//!   (`x/a->y/web`).
 //! * `from: outside` probes from the lab's host beyond the cluster CIDR (row
-//!   `outside`, `outside->y/web` in expectations); it reaches pods, NodePorts
-//!   and load balancers, not ClusterIPs.
+//!   `outside`, `outside->y/web` in expectations); the lab's router sends the
+//!   Service CIDR to the first node, as clusters that announce it do. `to:
+//!   outside` probes that host from the pods (it answers on the probed port),
+//!   to see masquerade of traffic leaving the cluster.
 //! * `family` (`IPv4` or `IPv6`, default `IPv4`; a kube-nft extension) picks the
 //!   address family: both ends' addresses of that family are used, and explain
 //!   judges the flow between those addresses. A pair where either pod has no
@@ -90,6 +93,8 @@ pub enum Target {
     Service,
     NodePort,
     LoadBalancer,
+    /// The lab's host beyond the cluster CIDR (it answers on the probed port).
+    Outside,
 }
 
 impl Target {
@@ -99,6 +104,7 @@ impl Target {
             Target::Service => "service",
             Target::NodePort => "nodeport",
             Target::LoadBalancer => "loadbalancer",
+            Target::Outside => "outside",
         }
     }
 }
@@ -318,9 +324,10 @@ fn check_step(step: RawStep) -> Result<Step, String> {
                 "service" => Target::Service,
                 "nodeport" => Target::NodePort,
                 "loadbalancer" => Target::LoadBalancer,
+                "outside" => Target::Outside,
                 other => {
                     return Err(format!(
-                        ".probe.to: `{other}` is not `pod`, `service`, `nodeport` or `loadbalancer`"
+                        ".probe.to: `{other}` is not `pod`, `service`, `nodeport`, `loadbalancer` or `outside`"
                     ))
                 }
             };
@@ -329,12 +336,8 @@ fn check_step(step: RawStep) -> Result<Step, String> {
                 "outside" => Source::Outside,
                 other => return Err(format!(".probe.from: `{other}` is not `pod` or `outside`")),
             };
-            if from == Source::Outside && to == Target::Service {
-                return Err(
-                    ".probe.from: outside: ClusterIPs are not reachable from outside \
-                     the cluster; probe `to: nodeport` or `to: loadbalancer`"
-                        .into(),
-                );
+            if from == Source::Outside && to == Target::Outside {
+                return Err(".probe: from outside to outside probes nothing".into());
             }
             let family = match p.family.as_deref() {
                 None => Family::IPv4,
@@ -479,6 +482,21 @@ impl Scenario {
         }
     }
 
+    /// Every (protocol, port) the outside host must answer on.
+    pub fn outside_ports(&self) -> Vec<(Protocol, u16)> {
+        let mut ports: Vec<_> = self
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Probe(p) if p.to == Target::Outside => Some((p.protocol, p.port)),
+                _ => None,
+            })
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
     /// Every (protocol, port) some probe of pods uses: every pod listens on
     /// them, so a verdict is about policy, never about a closed port. (Probes
     /// of Services reach the ports their endpoints declare.)
@@ -601,10 +619,12 @@ steps:
         assert_eq!(expect.pairs[0].to_string(), "outside->y/web");
         // Pods listen on the ports of pod probes only.
         assert!(s.probed_ports().is_empty());
-        let e = parse("steps:\n  - probe: {port: 80, to: service, from: outside}\n").unwrap_err();
-        assert!(e.contains("steps[0].probe.from: outside"), "{e}");
+        let e = parse("steps:\n  - probe: {port: 80, to: outside, from: outside}\n").unwrap_err();
+        assert!(e.contains("steps[0].probe: from outside to outside"), "{e}");
         let e = parse("steps:\n  - probe: {port: 80, to: ingress}\n").unwrap_err();
         assert!(e.contains("`ingress` is not `pod`, `service`"), "{e}");
+        let s = parse("steps:\n  - probe: {port: 443, to: outside}\n").unwrap();
+        assert_eq!(s.outside_ports(), [(Protocol::Tcp, 443)]);
     }
 
     #[test]

@@ -255,8 +255,9 @@ pub struct ServiceTarget {
     pub addr: IpAddr,
     pub port: u16,
     /// The node that DNATs connections from outside (NodePort: its node;
-    /// LoadBalancer: the node [`lb_routes`] picks; ClusterIP: none, it is
-    /// the client's node).
+    /// LoadBalancer: the node [`lb_routes`] picks; ClusterIP: the first node,
+    /// where the lab routes the Service CIDR). From a pod, its own node DNATs
+    /// ClusterIPs and load-balancer IPs.
     pub node: Option<String>,
     /// Frontend kind, family, protocol and port as the nodes' models key it.
     pub kind: FrontendKind,
@@ -305,26 +306,33 @@ pub fn targets(
             };
             match via {
                 Via::ClusterIp => {
+                    // From outside, the lab's router sends the Service CIDR
+                    // to the first node.
+                    let first = nodes.keys().next().cloned();
                     for ip in &spec.cluster_ips {
                         push(
                             *ip,
                             p.port,
                             spec.key.to_string(),
-                            None,
+                            first.clone(),
                             FrontendKind::ClusterIp,
                         );
                     }
                 }
+                // Addresses outside the cluster that lead to the Service:
+                // load-balancer ingress IPs and externalIPs.
                 Via::LoadBalancer => {
-                    for ip in &spec.lb_ips {
+                    let lb = spec
+                        .lb_ips
+                        .iter()
+                        .map(|ip| (ip, FrontendKind::LoadBalancer));
+                    let external = spec
+                        .external_ips
+                        .iter()
+                        .map(|ip| (ip, FrontendKind::ExternalIp));
+                    for (ip, kind) in lb.chain(external) {
                         let node = routes.get(ip).cloned();
-                        push(
-                            *ip,
-                            p.port,
-                            spec.key.to_string(),
-                            node,
-                            FrontendKind::LoadBalancer,
-                        );
+                        push(*ip, p.port, spec.key.to_string(), node, kind);
                     }
                 }
                 Via::NodePort => {
