@@ -429,3 +429,32 @@ fn pod_traffic_leaving_the_cluster_is_masqueraded_except_to_no_masquerade_ranges
         assert!(s(&c["sourceIp"]).starts_with(POD_NET), "{c}");
     }
 }
+
+#[test]
+fn policy_sees_the_client_address_that_reaches_the_backend() {
+    nft::testing::require_root();
+    // Only the outside network may reach web, by ipBlock.
+    let mut m = NAMESPACE.to_string();
+    m += &pod("web-1", "node-1", "{app: web}", "[{containerPort: 8080}]");
+    m += "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: demo}\n\
+          spec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{ipBlock: {cidr: 203.0.113.0/24}}]}]}\n";
+    m += LOCAL_AND_CLUSTER;
+    let r = lab(
+        "policy-client",
+        &m,
+        "steps:\n  - probe: {port: 80, to: nodeport, from: outside}\n",
+        &["--timeout-ms", "600"],
+    );
+    // Explain agrees on every cell: it judges each backend by the source its
+    // node sees.
+    assert_ok(&r);
+    let verdict = |to: &str| cell(&r, "outside", to)[0]["allowed"].clone();
+    // Local: the client address arrives, the ipBlock admits it.
+    assert_eq!(verdict("demo/local@node-1"), true);
+    // Cluster, received on the backend's node: policy judges before the
+    // masquerade in postrouting, so the client address still counts.
+    assert_eq!(verdict("demo/cluster@node-1"), true);
+    // Cluster, received on node-2: forwarded masqueraded to node-2's address,
+    // which the ipBlock does not admit.
+    assert_eq!(verdict("demo/cluster@node-2"), false);
+}
