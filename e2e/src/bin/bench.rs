@@ -7,6 +7,11 @@
 //! vs. `nft -f` of the same table rendered as text; then event-driven changes
 //! through the delta path ([`Delta`] + [`Dataplane::apply_batch`]: no render, no
 //! diff of the table) vs. `nft -f` of the same batches rendered as text.
+//!
+//! `bench services`: the real Service NAT renderer at 5,000 services × 50
+//! endpoints, cold sync and one-service adds through netlink vs. `nft -f`, and
+//! the new-connection rate through a ClusterIP with 10,000 services vs. 1
+//! (see `e2e::bench_services`).
 
 use std::io::Write;
 use std::process::Command;
@@ -37,6 +42,9 @@ enum Cmd {
     /// NetworkPolicy on a 10,000-pod node: compile, render, cold apply; pod
     /// relabels incremental (event to kernel ACK) vs full reload.
     Policy(e2e::bench_policy::PolicyArgs),
+    /// Service NAT: cold sync and one-service adds (netlink vs nft -f) at
+    /// 5,000 × 50, and connection rate through a ClusterIP at 10k vs 1 services.
+    Services(e2e::bench_services::ServicesArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +80,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Dataplane(a) => dataplane(a),
         Cmd::Policy(a) => e2e::bench_policy::run(a),
+        Cmd::Services(a) => e2e::bench_services::run(a),
     }
 }
 
