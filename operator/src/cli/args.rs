@@ -7,12 +7,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::cluster::ObjectKey;
 use crate::policy::{Endpoint, Family, PortProto};
 
-/// kube-nft enforces Kubernetes NetworkPolicy (and, later, Service NAT) with
-/// nftables.
+/// kube-nft enforces Kubernetes NetworkPolicy and implements Service NAT and
+/// masquerade with nftables.
 ///
 /// `explain` evaluates NetworkPolicy semantics straight from the API definition
 /// over a set of manifests and tells, in plain sentences, why traffic is allowed
-/// or dropped.
+/// or dropped, and what kube-nft does with a Service.
 #[derive(Debug, Parser)]
 #[command(name = "kube-nft", version, propagate_version = true)]
 pub struct Cli {
@@ -22,13 +22,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Explain NetworkPolicy verdicts: for a pod, a flow, or all pod pairs.
+    /// Explain NetworkPolicy verdicts (for a pod, a flow, or all pod pairs) and
+    /// Services.
     Explain(ExplainArgs),
-    /// Enforce NetworkPolicy on real packets on this machine: network namespaces
-    /// as nodes and pods, one agent per node, truth tables.
+    /// Enforce NetworkPolicy and Services on real packets on this machine:
+    /// network namespaces as nodes and pods, one agent per node, truth tables.
     Lab(super::lab::LabArgs),
-    /// The node agent: enforce one node's share of the policies with nftables.
+    /// The node agent: enforce one node's share of the policies and its Service
+    /// NAT with nftables.
     Agent(super::agent::AgentArgs),
+    /// Print the CustomResourceDefinitions of cluster mode (or write deploy/crds/).
+    Crds(super::crds::CrdsArgs),
 }
 
 #[derive(Debug, Args)]

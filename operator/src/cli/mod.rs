@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod args;
+pub mod crds;
 mod explain;
 pub mod lab;
 mod table;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         args::Command::Explain(a) => explain::run(a),
         args::Command::Lab(a) => lab::run(a),
         args::Command::Agent(a) => agent::run(a),
+        args::Command::Crds(a) => crds::run(a),
     }
 }
 
