@@ -10,7 +10,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use kube_nft::render::service::{contribute, stale_affinity, SERVICES};
+use kube_nft::render::service::{contribute, stale_affinity, GROUPS, SERVICES};
 use kube_nft::service::{compute, ServiceConfig};
 use nft::{ElemData, ElemValue, Expr, KeyPart, SetData, Table, Value};
 use support::*;
@@ -35,17 +35,25 @@ fn small_example_matches_golden_and_validates() {
     assert_eq!(nft::render::validate(&t), vec![]);
 }
 
+/// Verdicts only in `svc-groups`, one per endpoint-count group (never per
+/// Service or endpoint); chains: the fixed ones plus one per group.
 #[test]
-fn no_verdict_maps_and_no_per_service_chains() {
+fn verdicts_and_chains_per_group_never_per_service() {
     let t = render_example(&example_cluster(), &config());
     for s in t.sets.values() {
-        assert_ne!(s.data, Some(SetData::Verdict), "set {}", s.name);
+        if s.name != GROUPS {
+            assert_ne!(s.data, Some(SetData::Verdict), "set {}", s.name);
+        }
         assert!(
             s.name.starts_with("svc-"),
             "set {} lacks the svc- prefix",
             s.name
         );
     }
+    // The example: IPv4 groups of 1 and 2 endpoints, a NodePort group of 2,
+    // an IPv6 group of 1.
+    let groups = &t.sets[GROUPS];
+    assert_eq!(groups.elements.len(), 4, "{groups:?}");
     let chains: Vec<&str> = t.chains.keys().map(String::as_str).collect();
     assert_eq!(
         chains,
@@ -59,6 +67,10 @@ fn no_verdict_maps_and_no_per_service_chains() {
             "svc-filter-output",
             "svc-firewall-output",
             "svc-firewall-prerouting",
+            "svc-group-eps-v4-1",
+            "svc-group-eps-v4-2",
+            "svc-group-eps-v6-1",
+            "svc-group-np-v4-2",
         ]
     );
     for c in t.chains.values() {
@@ -172,15 +184,32 @@ fn stale_affinity_entries_are_those_whose_endpoint_left() {
     assert_eq!(stale_affinity(&map, &s), vec![not_sticky, gone]);
 }
 
+/// Per new connection the services chain costs the same however many groups
+/// exist: a fixed list of rules (marks, affinity, two count lookups per
+/// family, one verdict-map lookup); the DNAT rule of each group sits in the
+/// group's own chain.
 #[test]
-fn the_services_chain_dispatches_by_group_without_verdicts() {
+fn the_services_chain_dispatches_by_group_in_constant_rules() {
     let t = render_example(&example_cluster(), &config());
-    for r in &t.chains[SERVICES].rules {
-        assert!(
-            !r.exprs
-                .iter()
-                .any(|e| matches!(e, Expr::Vmap { .. } | Expr::Verdict(_))),
-            "{r:?}"
-        );
-    }
+    let rules = &t.chains[SERVICES].rules;
+    let vmaps: Vec<&nft::Rule> = rules
+        .iter()
+        .filter(|r| r.exprs.iter().any(|e| matches!(e, Expr::Vmap { .. })))
+        .collect();
+    assert_eq!(vmaps.len(), 1, "{rules:?}");
+    assert!(
+        !rules.iter().any(|r| r
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Dnat { to: nft::NatTarget::Map { map, .. }, .. } if map.starts_with("svc-eps") || map.starts_with("svc-np")))),
+        "no group DNAT in the services chain: {rules:?}"
+    );
+    // More groups do not lengthen the services chain.
+    let mut bigger = example_cluster();
+    let eps: Vec<String> = (1..=7).map(|i| format!("10.0.7.{i}")).collect();
+    let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+    add_service(&mut bigger, "many", "10.96.0.77", &eps);
+    let t2 = render_example(&bigger, &config());
+    assert_eq!(t2.chains[SERVICES].rules.len(), rules.len());
+    assert!(t2.chains.contains_key("svc-group-eps-v4-7"));
 }

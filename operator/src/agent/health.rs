@@ -8,7 +8,7 @@
 //!
 //! One small thread per port, in the agent's network namespace. Each accepts
 //! with a short poll, so a port whose Service went away is closed within
-//! [`POLL`]; the answer always reflects the last committed sync.
+//! `POLL`; the answer always reflects the last committed sync.
 
 use std::collections::BTreeMap;
 use std::fs::File;

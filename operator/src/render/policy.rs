@@ -64,7 +64,9 @@
 //! unchanged, so each `ct mark vmap` may see a value this packet did not
 //! store; why that never picks a chain of the wrong direction or pod:
 //!
-//! - a new connection starts with ct mark 0, and 0 is never an id;
+//! - a new connection starts with ct mark 0, or with the id of its Service's
+//!   endpoint-count group after DNAT; neither 0 nor a group id (bit 30) is
+//!   ever a class id;
 //! - the id spaces are disjoint: ingress ids have the top bit clear, egress ids
 //!   set. When the source's egress id is in the ct mark and the destination is
 //!   not ingress-isolated, the ingress vmap misses: a stale egress id never
@@ -77,7 +79,7 @@
 //!   policies decide.
 //!
 //! Ids are unique per direction: when two namespace chains' ids collide (or an
-//! id is 0 in its 31 bits), the later chain in render order gets a name suffix
+//! id is 0 in its 30 bits), the later chain in render order gets a name suffix
 //! (`_c1`, `_c2`…) and with it another id. The incremental renderer cannot
 //! reproduce "later" and asks for a full sync. Untracked packets (`notrack`)
 //! have no conntrack entry to carry the mark, so `forward` would not dispatch
@@ -239,12 +241,14 @@ pub fn chains_map(dir: Dir) -> String {
 /// The bit that marks egress class ids.
 const EGRESS_BIT: u32 = 0x8000_0000;
 
-/// The class id of namespace chain `chain` in direction `dir`: 31 bits of the
-/// FNV-1a hash of its name, with the top bit set for egress. `None` when those
-/// 31 bits are 0 (never an id: a new connection's ct mark is 0); the renderer
-/// then renames the chain like a collision.
+/// The class id of namespace chain `chain` in direction `dir`: 30 bits of the
+/// FNV-1a hash of its name, with the top bit set for egress. Bit 30 is never
+/// set: it marks Service group ids, which Service DNAT leaves in the ct mark
+/// of a new connection (see [`super::service::GROUP_ID_BIT`]). `None` when
+/// the 30 bits are 0 (never an id: a new connection's ct mark is 0); the
+/// renderer then renames the chain like a collision.
 pub fn class_id(dir: Dir, chain: &str) -> Option<u32> {
-    let low = stable_hash32(chain) & !EGRESS_BIT;
+    let low = stable_hash32(chain) & 0x3fff_ffff;
     if low == 0 {
         return None;
     }
@@ -1281,6 +1285,7 @@ mod tests {
             let i = class_id(Dir::Ingress, name).unwrap();
             let e = class_id(Dir::Egress, name).unwrap();
             assert_eq!(i & EGRESS_BIT, 0);
+            assert_eq!((i | e) & super::super::service::GROUP_ID_BIT, 0);
             assert_eq!(e & EGRESS_BIT, EGRESS_BIT);
             assert_eq!(i, e & !EGRESS_BIT);
             assert_ne!(i, 0);

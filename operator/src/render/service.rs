@@ -11,9 +11,12 @@
 //!   ip daddr . meta l4proto . th dport @svc-masq-v4 meta mark set meta mark | 0x4000
 //!   ip saddr != @svc-cluster-cidrs-v4 ip daddr . meta l4proto . th dport @svc-cluster-ips-v4 meta mark set …
 //!   meta l4proto @svc-l4protos dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @svc-affinity-v4
-//!   meta l4proto @svc-l4protos dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N map @svc-eps-v4-N
-//!   ip daddr @svc-node-addrs-v4 meta l4proto @svc-l4protos dnat ip to meta l4proto . th dport . numgen random mod N map @svc-np-v4-N
+//!   ct mark set ip daddr . meta l4proto . th dport map @svc-count-v4          ; frontend → group id
+//!   ip daddr @svc-node-addrs-v4 ct mark set meta l4proto . th dport map @svc-np-count-v4
 //!   (the same for ip6)
+//!   ct mark vmap @svc-groups                                                 ; group id → goto its chain
+//! svc-group-eps-v4-N / svc-group-np-v4-N        one per endpoint-count group
+//!   meta l4proto @svc-l4protos dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N map @svc-eps-v4-N
 //! nat-postrouting (nat, postrouting, srcnat 100)
 //!   meta l4proto tcp ct status dnat ct original ip daddr . meta l4proto . ct original proto-dst @svc-aff-v4-T
 //!       update @svc-affinity-v4 { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout T : ip daddr . th dport }
@@ -32,12 +35,21 @@
 //!
 //! - **Endpoint choice is grouped by endpoint count N**, as in
 //!   `e2e/src/ruleset.rs`: one map per (family, N), keyed `vip . proto . port .
-//!   numgen random mod N`, one DNAT rule per map. A lookup miss (another N, no
-//!   Service) makes the rule not apply, so the next one is tried. No chain per
-//!   Service or endpoint, no map per Service (the kernel keeps a table's sets
-//!   in a list), and no verdict elements (adding a `jump`/`goto` element makes
-//!   the kernel re-validate the table): a Service change is element adds and
-//!   deletes in existing maps, and a new N one map and one rule. External
+//!   numgen random mod N`, one DNAT rule per map in the group's own chain. No
+//!   chain per Service or endpoint, no map per Service (the kernel keeps a
+//!   table's sets in a list), and no verdict element per Service (adding a
+//!   `jump`/`goto` element makes the kernel re-validate the table): a Service
+//!   change is element adds and deletes in existing maps; a new N adds one
+//!   map, one chain and one `svc-groups` element.
+//! - **Dispatch by group id**, the class-id trick of the policy part: a data
+//!   map `frontend → group id` stores the id in the conntrack mark (NAT sees
+//!   only a connection's first packet, whose ct mark is 0), and one verdict
+//!   map `group id → goto` the group's chain. A new connection costs the same
+//!   few lookups however many endpoint counts exist (measured: with one DNAT
+//!   rule per count in one chain, 100 distinct counts cost 17% of the
+//!   connection rate). Group ids have bit 30 set, which NetworkPolicy class
+//!   ids never have, so the id a DNATed connection carries into the filter
+//!   hooks never dispatches a policy chain. External
 //!   frontends under `externalTrafficPolicy: Local` have their own (local)
 //!   endpoint list, so they land in the group of their own N.
 //! - `meta l4proto @svc-l4protos` is only there for `nft`: it refuses a NAT
@@ -129,6 +141,37 @@ pub fn eps_map(fam: IpFamily, n: u32) -> String {
 /// `svc-np-v4-3`: NodePorts with 3 endpoints.
 pub fn nodeport_map(fam: IpFamily, n: u32) -> String {
     format!("svc-np-{}-{n}", fam.suffix())
+}
+
+/// `svc-group-eps-v4-3` / `svc-group-np-v4-3`: the chain holding the DNAT
+/// rule of one endpoint-count group.
+pub fn group_chain(fam: IpFamily, n: u32, nodeport: bool) -> String {
+    let kind = if nodeport { "np" } else { "eps" };
+    format!("svc-group-{kind}-{}-{n}", fam.suffix())
+}
+
+/// `svc-count-v4` / `svc-np-count-v4`: frontend → the id of its endpoint-count
+/// group (a data map: no verdict, so a Service change never re-validates the
+/// table).
+pub fn count_map(fam: IpFamily, nodeport: bool) -> String {
+    let kind = if nodeport { "np-count" } else { "count" };
+    format!("svc-{kind}-{}", fam.suffix())
+}
+
+/// `svc-groups`: group id → `goto` its chain, one element per group.
+pub const GROUPS: &str = "svc-groups";
+
+/// Bit 30 marks a Service group id in the conntrack mark. NetworkPolicy class
+/// ids never have it (see [`super::policy::class_id`]), so neither side can
+/// dispatch on the other's id.
+pub const GROUP_ID_BIT: u32 = 0x4000_0000;
+
+/// The conntrack-mark id of group (family, N, NodePort?): bit 30, a bit each
+/// for IPv6 and NodePort, and N below.
+pub fn group_id(fam: IpFamily, n: u32, nodeport: bool) -> u32 {
+    let v6 = if fam == IpFamily::V6 { 0x2000_0000 } else { 0 };
+    let np = if nodeport { 0x1000_0000 } else { 0 };
+    GROUP_ID_BIT | v6 | np | (n & 0x0fff_ffff)
 }
 
 /// `svc-affinity-v4`: the dynamic map of sticky clients.
@@ -266,6 +309,8 @@ type AffinityGroup = (BTreeMap<ElemKey, ElemValue>, BTreeSet<Protocol>);
 struct Content {
     /// Group maps by (family, N, nodeport?).
     groups: BTreeMap<(IpFamily, u32, bool), BTreeMap<ElemKey, ElemValue>>,
+    /// Count maps by (family, nodeport?): frontend key → group id.
+    counts: BTreeMap<(IpFamily, bool), BTreeMap<ElemKey, ElemValue>>,
     /// Fixed sets by name.
     sets: BTreeMap<String, BTreeMap<ElemKey, ElemValue>>,
     /// Affinity frontends by (family, timeout), with the protocols they use.
@@ -308,6 +353,26 @@ impl Content {
         };
         let n = eps.len() as u32;
         let nodeport = e.frontend.kind == FrontendKind::NodePort;
+        let counts = self.counts.entry((fam, nodeport)).or_default();
+        let id = ElemValue {
+            data: Some(ElemData::Values(vec![Value::Mark(group_id(
+                fam, n, nodeport,
+            ))])),
+            timeout: None,
+            comment: Some(comment(&label)),
+        };
+        let proto_port = [v(Value::Proto(proto_number(proto))), v(Value::Port(port))];
+        match e.frontend.addr {
+            Some(a) if !nodeport => {
+                let key = std::iter::once(v(ip(&a)))
+                    .chain(proto_port.clone())
+                    .collect();
+                counts.insert(key, id);
+            }
+            _ => {
+                counts.insert(proto_port.to_vec(), id);
+            }
+        }
         let group = self.groups.entry((fam, n, nodeport)).or_default();
         for (i, ep) in eps.iter().enumerate() {
             let slot = v(Value::Mark(i as u32));
@@ -536,6 +601,50 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
             ..Default::default()
         });
     }
+    for fam in IpFamily::ALL {
+        for nodeport in [false, true] {
+            let a = addr_type(fam);
+            let mut key = if nodeport { vec![] } else { vec![a] };
+            key.extend([DataType::InetProto, DataType::InetService]);
+            let what = if nodeport { "NodePort" } else { "frontend" };
+            sets.push(Set {
+                name: count_map(fam, nodeport),
+                key,
+                data: Some(SetData::Values(vec![DataType::Mark])),
+                comment: Some(format!(
+                    "kube-nft: {what} -> id of its endpoint-count group"
+                )),
+                elements: content
+                    .counts
+                    .get(&(fam, nodeport))
+                    .cloned()
+                    .unwrap_or_default(),
+                ..Default::default()
+            });
+        }
+    }
+    sets.push(Set {
+        name: GROUPS.into(),
+        key: vec![DataType::Mark],
+        data: Some(SetData::Verdict),
+        comment: Some("kube-nft: endpoint-count group id -> its DNAT chain".into()),
+        elements: content
+            .groups
+            .keys()
+            .map(|&(fam, n, nodeport)| {
+                let chain = group_chain(fam, n, nodeport);
+                (
+                    vec![v(Value::Mark(group_id(fam, n, nodeport)))],
+                    ElemValue {
+                        data: Some(ElemData::Verdict(Verdict::Goto(chain.clone()))),
+                        timeout: None,
+                        comment: Some(chain),
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    });
     for ((fam, t), (elements, _)) in &content.affinity {
         sets.push(Set {
             name: affinity_frontends(*fam, *t),
@@ -674,11 +783,41 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
             .with_comment("kube-nft: sessionAffinity ClientIP: a known client keeps its endpoint"),
         );
     }
+    // The endpoint-count group of the frontend, into the conntrack mark (a
+    // miss leaves it: 0 on a new connection), then one verdict-map lookup:
+    // two lookups per new connection however many groups exist.
+    for fam in IpFamily::ALL {
+        rules.push(
+            Rule::new(vec![Expr::SetFromMap {
+                target: Field::CtMark,
+                key: MapKey::Fields(frontend_fields(fam)),
+                map: count_map(fam, false),
+            }])
+            .with_comment("kube-nft: endpoint-count group of a Service frontend"),
+        );
+        rules.push(
+            Rule::new(vec![
+                lookup(vec![daddr(fam)], MatchOp::Eq, fixed_set(NODE_ADDRS, fam)),
+                Expr::SetFromMap {
+                    target: Field::CtMark,
+                    key: MapKey::Fields(vec![Field::L4Proto, Field::ThDport]),
+                    map: count_map(fam, true),
+                },
+            ])
+            .with_comment("kube-nft: endpoint-count group of a NodePort"),
+        );
+    }
+    rules.push(
+        Rule::new(vec![Expr::Vmap {
+            key: MapKey::Fields(vec![Field::CtMark]),
+            map: GROUPS.into(),
+        }])
+        .with_comment("kube-nft: DNAT in the frontend's endpoint-count group"),
+    );
     for (fam, n, nodeport) in content.groups.keys() {
         let (fam, n) = (*fam, *n);
         let rule = if *nodeport {
             Rule::new(vec![
-                lookup(vec![daddr(fam)], MatchOp::Eq, fixed_set(NODE_ADDRS, fam)),
                 l4protos(),
                 Expr::Dnat {
                     family: nat_family(fam),
@@ -708,12 +847,24 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
             ])
             .with_comment(format!("kube-nft: Service frontends with {n} endpoints"))
         };
-        rules.push(rule);
+        table.add_chain(Chain {
+            name: group_chain(fam, n, *nodeport),
+            base: None,
+            comment: Some(format!(
+                "kube-nft: {} with {n} endpoints",
+                if *nodeport {
+                    "NodePorts"
+                } else {
+                    "Service frontends"
+                }
+            )),
+            rules: vec![rule],
+        });
     }
     table.add_chain(Chain {
         name: SERVICES.into(),
         base: None,
-        comment: Some("kube-nft: Service DNAT, one rule per endpoint count".into()),
+        comment: Some("kube-nft: Service DNAT, dispatched by endpoint-count group".into()),
         rules,
     });
 
