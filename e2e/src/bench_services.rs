@@ -37,7 +37,8 @@
 //!    connection the nat chain runs once, so this is the per-packet cost of
 //!    the Service lookup as the number of Services grows. (With
 //!    `--connect-endpoint-mix K` the other Services get 1..=K endpoints, so
-//!    the chain also grows by one DNAT rule per distinct endpoint count.) The
+//!    the table holds one group per distinct endpoint count; dispatch by
+//!    group id keeps that out of the per-connection path too.) The
 //!    node's conntrack CLOSE timeout is set to 1 s in its namespace, so
 //!    reset connections do not pile up across rounds.
 //! 4. Peak RSS of the bench process.
@@ -128,8 +129,8 @@ pub struct ServicesArgs {
     #[arg(long, default_value_t = 6)]
     pub connect_rounds: usize,
     /// Give the other Services of the connection test endpoint counts spread
-    /// over 1..=K instead of all `--endpoints` (0: all the same). Then the
-    /// node's chain has one DNAT rule per distinct count, tried in order.
+    /// over 1..=K instead of all `--endpoints` (0: all the same): K
+    /// endpoint-count groups, each with its map and chain.
     #[arg(long, default_value_t = 0)]
     pub connect_endpoint_mix: u32,
     /// Concurrent client workers (and server threads).
@@ -915,7 +916,7 @@ fn connect_rate(a: &ServicesArgs, config: &ServiceConfig, report: &mut Report) -
         .filter(|s| s.starts_with("svc-eps-v4-"))
         .count();
     println!(
-        "  {n} services: {} endpoint elements in {groups} group maps ({groups} DNAT rules); \
+        "  {n} services: {} endpoint elements in {groups} group maps ({groups} group chains); \
          the probed Service's map: {} elements",
         all.sets
             .iter()
