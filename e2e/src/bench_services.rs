@@ -206,6 +206,7 @@ pub fn entry_with(i: u32, endpoints: u32, stride: u32) -> Entry {
         masquerade: Masquerade::FromOutsideCluster,
         affinity: None,
         source_ranges: None,
+        internal_endpoints: Vec::new(),
     }
 }
 

@@ -228,6 +228,42 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_without_loca
 }
 
 #[test]
+fn pods_reach_an_external_traffic_policy_local_address_from_any_node() {
+    nft::testing::require_root();
+    let mut m = NAMESPACE.to_string();
+    m += &pod("web-1", "node-1", "{app: web}", "[{containerPort: 8080}]");
+    m += &pod("near", "node-1", "{app: client}", "[]");
+    m += &pod("far", "node-2", "{app: client}", "[]");
+    m += "---\napiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: demo}\n\
+          spec: {type: LoadBalancer, externalTrafficPolicy: Local, externalIPs: [198.51.100.8], selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n";
+    let r = lab(
+        "etp-internal",
+        &m,
+        "steps:\n  - probe: {port: 80, to: loadbalancer, from: outside}\n  - probe: {port: 80, to: loadbalancer}\n",
+        &["--timeout-ms", "600"],
+    );
+    assert_ok(&r);
+    // From outside: only through the node with the endpoint, client kept.
+    for c in cells(&r, "demo/local")
+        .iter()
+        .filter(|c| c["from"] == "outside")
+    {
+        assert_eq!(c["allowed"], true, "{c}");
+        assert!(s(&c["sourceIp"]).starts_with(OUTSIDE_NET), "{c}");
+    }
+    // From a pod on node-2, which has no local endpoint: not dropped, DNATed
+    // on its own node to the endpoint on node-1 like a ClusterIP, and
+    // unmasqueraded (both the LB IP and the external IP).
+    let far = cell(&r, "demo/far", "demo/local");
+    assert_eq!(far.len(), 2, "{r:#}");
+    for c in far {
+        assert_eq!(c["allowed"], true, "{c}");
+        assert_eq!(c["backend"], "demo/web-1");
+        assert!(s(&c["sourceIp"]).starts_with(POD_NET), "{c}");
+    }
+}
+
+#[test]
 fn a_service_without_endpoints_rejects_at_once() {
     nft::testing::require_root();
     let mut m = NAMESPACE.to_string();

@@ -458,10 +458,16 @@ pub fn route<'a>(
         crate::service::Masquerade::FromOutsideCluster => !in_cluster(&received),
         crate::service::Masquerade::Never => false,
     };
+    // Clients inside the cluster reach an externalTrafficPolicy Local
+    // address as they reach the ClusterIP: every endpoint, unmasqueraded.
+    let (endpoints, masquerade) = if !entry.internal_endpoints.is_empty() && in_cluster(&received) {
+        (entry.internal_endpoints.as_slice(), false)
+    } else {
+        (entry.endpoints(), masquerade)
+    };
     // Masquerade happens in postrouting: a backend on the DNAT node is
     // judged (in forward) before it, one on another node after it.
-    let backends = entry
-        .endpoints()
+    let backends = endpoints
         .iter()
         .map(|ep| {
             let local = ep.node.as_deref() == Some(dnat_node.as_str());

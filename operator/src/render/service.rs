@@ -13,6 +13,8 @@
 //!   meta l4proto @svc-l4protos dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @svc-affinity-v4
 //!   ct mark set ip daddr . meta l4proto . th dport map @svc-count-v4          ; frontend → group id
 //!   ip daddr @svc-node-addrs-v4 ct mark set meta l4proto . th dport map @svc-np-count-v4
+//!   ip saddr @svc-cluster-cidrs-v4 ct mark set ip daddr . meta l4proto . th dport map @svc-int-count-v4
+//!                  ; pods reaching an externalTrafficPolicy Local address: all endpoints
 //!   (the same for ip6)
 //!   ct mark vmap @svc-groups                                                 ; group id → goto its chain
 //! svc-group-eps-v4-N / svc-group-np-v4-N        one per endpoint-count group
@@ -156,6 +158,13 @@ pub fn group_chain(fam: IpFamily, n: u32, nodeport: bool) -> String {
 pub fn count_map(fam: IpFamily, nodeport: bool) -> String {
     let kind = if nodeport { "np-count" } else { "count" };
     format!("svc-{kind}-{}", fam.suffix())
+}
+
+/// `svc-int-count-v4`: for clients inside the cluster, an external frontend
+/// of an `externalTrafficPolicy: Local` Service → the group id of the
+/// endpoints they reach (as through the ClusterIP).
+pub fn int_count_map(fam: IpFamily) -> String {
+    format!("svc-int-count-{}", fam.suffix())
 }
 
 /// `svc-groups`: group id → `goto` its chain, one element per group.
@@ -311,6 +320,9 @@ struct Content {
     groups: BTreeMap<(IpFamily, u32, bool), BTreeMap<ElemKey, ElemValue>>,
     /// Count maps by (family, nodeport?): frontend key → group id.
     counts: BTreeMap<(IpFamily, bool), BTreeMap<ElemKey, ElemValue>>,
+    /// In-cluster count maps by family: external frontend → group id of its
+    /// `internal_endpoints`.
+    int_counts: BTreeMap<IpFamily, BTreeMap<ElemKey, ElemValue>>,
     /// Fixed sets by name.
     sets: BTreeMap<String, BTreeMap<ElemKey, ElemValue>>,
     /// Affinity frontends by (family, timeout), with the protocols they use.
@@ -337,6 +349,26 @@ impl Content {
                     .insert((fam, k.clone()), (ranges.clone(), label.clone()));
             }
         }
+        // Clients inside the cluster reaching an external address of an
+        // `externalTrafficPolicy: Local` Service: their own group (the
+        // endpoints they would reach through the ClusterIP), picked by the
+        // in-cluster count map, also where the node has no local endpoint.
+        if !e.internal_endpoints.is_empty() {
+            let n = e.internal_endpoints.len() as u32;
+            for k in &keys {
+                self.int_counts
+                    .entry(fam)
+                    .or_default()
+                    .insert(k.clone(), group_value(fam, n, false, &label));
+                let group = self.groups.entry((fam, n, false)).or_default();
+                for (i, ep) in e.internal_endpoints.iter().enumerate() {
+                    let mut key = k.clone();
+                    key.push(v(Value::Mark(i as u32)));
+                    group.insert(key, endpoint_value(ep, &label));
+                }
+            }
+            self.hairpin(fam, &e.internal_endpoints, services);
+        }
         let eps = match &e.backend {
             Backend::Reject | Backend::Drop => {
                 let set = if e.backend == Backend::Reject {
@@ -354,13 +386,7 @@ impl Content {
         let n = eps.len() as u32;
         let nodeport = e.frontend.kind == FrontendKind::NodePort;
         let counts = self.counts.entry((fam, nodeport)).or_default();
-        let id = ElemValue {
-            data: Some(ElemData::Values(vec![Value::Mark(group_id(
-                fam, n, nodeport,
-            ))])),
-            timeout: None,
-            comment: Some(comment(&label)),
-        };
+        let id = group_value(fam, n, nodeport, &label);
         let proto_port = [v(Value::Proto(proto_number(proto))), v(Value::Port(port))];
         match e.frontend.addr {
             Some(a) if !nodeport => {
@@ -406,6 +432,12 @@ impl Content {
                 set.insert(k.clone(), commented(&label));
             }
         }
+        self.hairpin(fam, eps, services);
+    }
+
+    /// Local endpoints reaching themselves through a frontend are
+    /// masqueraded (see the module doc).
+    fn hairpin(&mut self, fam: IpFamily, eps: &[Endpoint], services: &NodeServices) {
         for ep in eps.iter().filter(|ep| services.is_local(ep)) {
             let who = ep.pod.clone().unwrap_or_else(|| ep.addr.to_string());
             self.add(
@@ -414,6 +446,17 @@ impl Content {
                 commented(&who),
             );
         }
+    }
+}
+
+/// A count-map value: the id of group (family, N, NodePort?).
+fn group_value(fam: IpFamily, n: u32, nodeport: bool, label: &str) -> ElemValue {
+    ElemValue {
+        data: Some(ElemData::Values(vec![Value::Mark(group_id(
+            fam, n, nodeport,
+        ))])),
+        timeout: None,
+        comment: Some(comment(label)),
     }
 }
 
@@ -623,6 +666,20 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
             });
         }
     }
+    for fam in IpFamily::ALL {
+        let a = addr_type(fam);
+        sets.push(Set {
+            name: int_count_map(fam),
+            key: vec![a, DataType::InetProto, DataType::InetService],
+            data: Some(SetData::Values(vec![DataType::Mark])),
+            comment: Some(
+                "kube-nft: external frontend (externalTrafficPolicy Local) -> group id for clients inside the cluster"
+                    .into(),
+            ),
+            elements: content.int_counts.get(&fam).cloned().unwrap_or_default(),
+            ..Default::default()
+        });
+    }
     sets.push(Set {
         name: GROUPS.into(),
         key: vec![DataType::Mark],
@@ -806,6 +863,21 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
             ])
             .with_comment("kube-nft: endpoint-count group of a NodePort"),
         );
+        if has_cidr(fam) {
+            rules.push(
+                Rule::new(vec![
+                    lookup(vec![saddr(fam)], MatchOp::Eq, fixed_set(CLUSTER_CIDRS, fam)),
+                    Expr::SetFromMap {
+                        target: Field::CtMark,
+                        key: MapKey::Fields(frontend_fields(fam)),
+                        map: int_count_map(fam),
+                    },
+                ])
+                .with_comment(
+                    "kube-nft: clients inside the cluster of an externalTrafficPolicy Local address",
+                ),
+            );
+        }
     }
     rules.push(
         Rule::new(vec![Expr::Vmap {

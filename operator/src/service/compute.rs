@@ -264,6 +264,13 @@ fn service_entries(
                         masquerade: masq,
                         affinity: spec.affinity,
                         source_ranges: ranges,
+                        internal_endpoints: match (kind, &internal) {
+                            (
+                                FrontendKind::LoadBalancer | FrontendKind::ExternalIp,
+                                Backend::Endpoints(eps),
+                            ) if spec.external_local && has_cidr => eps.clone(),
+                            _ => Vec::new(),
+                        },
                     },
                     field,
                 ));

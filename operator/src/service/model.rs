@@ -186,6 +186,12 @@ pub struct Entry {
     pub masquerade: Masquerade,
     /// `sessionAffinity: ClientIP`: the timeout of a client's stickiness.
     pub affinity: Option<Duration>,
+    /// `externalTrafficPolicy: Local` load-balancer and external-IP frontends:
+    /// the endpoints clients inside the cluster (the cluster CIDRs) reach
+    /// instead, as through the ClusterIP, so a pod reaching a Service's
+    /// external address is not dropped on a node without local endpoints
+    /// (as kube-proxy does). Empty otherwise.
+    pub internal_endpoints: Vec<Endpoint>,
     /// `loadBalancerSourceRanges` of this family, for LoadBalancer frontends of
     /// a Service that sets them: sources outside them are dropped. `None`:
     /// open to all. `Some(empty)`: ranges are set but none of this family, so

@@ -90,6 +90,7 @@ mod tests {
             masquerade: Masquerade::Never,
             affinity: None,
             source_ranges: None,
+            internal_endpoints: Vec::new(),
         }
     }
 
