@@ -21,21 +21,6 @@ const DNS: PodPort = PodPort {
     port: 53,
 };
 
-fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        });
-    assert_eq!(
-        uid.as_deref(),
-        Some("0"),
-        "the lab tests create network namespaces and need root"
-    );
-}
-
 /// Two nodes with three pods each, all serving TCP 80 and UDP 53.
 fn two_nodes_three_pods(dual_stack: bool) -> LabSpec {
     let node = |name: &str, i: u8| NodeSpec {
@@ -67,7 +52,7 @@ fn two_nodes_three_pods(dual_stack: bool) -> LabSpec {
 }
 
 fn build(spec: &LabSpec) -> (LabGuard, Topology) {
-    require_root();
+    nft::testing::require_root();
     let guard = LabGuard::new().expect("lab guard");
     let started = Instant::now();
     let topology = lab::build(spec, &guard).expect("lab topology");
@@ -290,7 +275,7 @@ async fn dropping_the_guard_removes_every_namespace() {
 
 #[test]
 fn a_panicking_test_still_cleans_up() {
-    require_root();
+    nft::testing::require_root();
     let mut prefix = String::new();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let guard = LabGuard::new().unwrap();
@@ -305,7 +290,7 @@ fn a_panicking_test_still_cleans_up() {
 
 #[test]
 fn a_bad_spec_names_the_pod_and_creates_nothing() {
-    require_root();
+    nft::testing::require_root();
     let guard = LabGuard::new().unwrap();
     let mut spec = two_nodes_three_pods(false);
     spec.pods[1].ip = Some("10.244.9.9".parse().unwrap());
@@ -316,7 +301,7 @@ fn a_bad_spec_names_the_pod_and_creates_nothing() {
 
 #[test]
 fn cleanup_stale_removes_namespaces_of_dead_runs_only() {
-    require_root();
+    nft::testing::require_root();
     let live = LabGuard::new().unwrap();
     let live_ns = format!("{}-n0-alive", live.prefix());
     Command::new("ip")
@@ -421,7 +406,7 @@ fn lab_process_waiting_for_ctrl_c() {
 
 #[test]
 fn ctrl_c_removes_the_lab() {
-    require_root();
+    nft::testing::require_root();
     let report = std::env::temp_dir().join(format!("kube-nft-lab-ctrl-c-{}", std::process::id()));
     let _ = std::fs::remove_file(&report);
     let mut child = Command::new(std::env::current_exe().unwrap())

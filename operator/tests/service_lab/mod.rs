@@ -51,26 +51,11 @@ pub struct ServiceLab {
     guard: LabGuard,
 }
 
-fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        });
-    assert_eq!(
-        uid.as_deref(),
-        Some("0"),
-        "the Service lab tests create network namespaces and need root"
-    );
-}
-
 impl ServiceLab {
     /// Node `node-a` with pods `default/client`, `default/ep-a` and
     /// `default/ep-b`; both endpoints listen on UDP 5353 and TCP 8080.
     pub fn start() -> ServiceLab {
-        require_root();
+        nft::testing::require_root();
         let pod = |name: &str, ports: Vec<PodPort>| PodSpec {
             namespace: NAMESPACE.into(),
             name: name.into(),
