@@ -39,7 +39,7 @@ use super::names::ir_object_name;
 use super::policy::{
     chains_element, chains_map, class_element, class_id, class_key, class_map, element_class,
     ip_key, ir_element_key, ir_set_elements, ns_chain_guards, ns_chain_header, ns_chain_name,
-    ns_chain_rules, pod_policy_chains, sel_element, sel_set, sel_set_header, Dir, Fam, Guards,
+    ns_chain_rules, pod_policy_chains, sel_element, sel_set, sel_set_header, Dir, Guards, IpFamily,
     PolicyChain,
 };
 use crate::policy::incremental::IrDelta;
@@ -103,9 +103,9 @@ struct NsChain {
 }
 
 /// The policy chain and family a selection set belongs to.
-fn sel_owner(set: &str) -> Option<(&str, Fam)> {
+fn sel_owner(set: &str) -> Option<(&str, IpFamily)> {
     let rest = set.strip_prefix("sel-")?;
-    Fam::ALL.into_iter().find_map(|fam| {
+    IpFamily::ALL.into_iter().find_map(|fam| {
         let chain = rest.strip_suffix(fam.suffix())?.strip_suffix('-')?;
         Some((chain, fam))
     })
@@ -116,7 +116,7 @@ impl DeltaRenderer {
     pub fn new(committed: &Table) -> DeltaRenderer {
         let mut r = DeltaRenderer::default();
         for dir in Dir::ALL {
-            for fam in Fam::ALL {
+            for fam in IpFamily::ALL {
                 let Some(s) = committed.sets.get(&class_map(dir, fam)) else {
                     continue;
                 };
@@ -178,7 +178,7 @@ impl DeltaRenderer {
                 if let Some(pp) = old {
                     let ns_chain = ns_chain_name(dir, &pp.namespace);
                     for ip in &pp.ips {
-                        let map = class_map(dir, Fam::of(ip));
+                        let map = class_map(dir, IpFamily::of(ip));
                         let set = committed
                             .sets
                             .get(&map)
@@ -196,7 +196,7 @@ impl DeltaRenderer {
                         let sel = pp
                             .ips
                             .iter()
-                            .map(|ip| (sel_set(&pc.name, Fam::of(ip)), ip_key(ip)));
+                            .map(|ip| (sel_set(&pc.name, IpFamily::of(ip)), ip_key(ip)));
                         for (set, key) in sel.chain(pc.pod_elements.iter().cloned()) {
                             let have = committed.sets.get(&set).and_then(|s| s.elements.get(&key));
                             if let Some(v) = have {
@@ -217,7 +217,7 @@ impl DeltaRenderer {
                     for ip in &pp.ips {
                         let v = class_element(&pp.namespace, &pp.name, class);
                         after.insert(
-                            (class_map(dir, Fam::of(ip)), ip_key(ip)),
+                            (class_map(dir, IpFamily::of(ip)), ip_key(ip)),
                             (v, ns_chain.clone()),
                         );
                     }
@@ -231,7 +231,7 @@ impl DeltaRenderer {
                         let sel = pp
                             .ips
                             .iter()
-                            .map(|ip| (sel_set(&pc.name, Fam::of(ip)), ip_key(ip)));
+                            .map(|ip| (sel_set(&pc.name, IpFamily::of(ip)), ip_key(ip)));
                         for k in sel.chain(pc.pod_elements.iter().cloned()) {
                             let v = sel_element(&pp.namespace, &pp.name);
                             after.insert(k, (v, pc.name.clone()));
@@ -404,7 +404,7 @@ impl DeltaRenderer {
             if sd.deleted {
                 continue;
             }
-            for fam in Fam::ALL {
+            for fam in IpFamily::ALL {
                 for (prefix, ports) in [("as", false), ("asp", true)] {
                     let nft_name = ir_object_name(prefix, ir_name, fam.suffix());
                     if sets_dying.contains(&nft_name) || sets_born.contains_key(&nft_name) {
@@ -436,7 +436,7 @@ impl DeltaRenderer {
                         (dels, adds)
                     } else {
                         let of_fam =
-                            |e: &&kube_nft_crds::ir::AddressSetElement| Fam::of(&e.ip) == fam;
+                            |e: &&kube_nft_crds::ir::AddressSetElement| IpFamily::of(&e.ip) == fam;
                         let dels: Vec<ElemKey> = sd
                             .removed
                             .iter()

@@ -105,6 +105,7 @@ pub mod intervals;
 pub mod names;
 pub mod policy;
 pub mod service;
+mod values;
 
 use std::collections::BTreeMap;
 

@@ -90,7 +90,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use kube_nft_crds::ir::{
-    AddressSet, AddressSetElement, IrPeer, IrPort, IrRule, NodePolicy, PodPolicy, Protocol,
+    AddressSet, AddressSetElement, IrPeer, IrPort, IrRule, NodePolicy, PodPolicy,
 };
 use nft::render::{is_valid_name, render_rule};
 use nft::{
@@ -101,6 +101,8 @@ use nft::{
 
 use super::intervals::{self, Range};
 use super::names::{comment, ir_object_name, stable_hash, stable_hash32, ContentNames};
+use super::values::{ip_value, proto_number};
+pub use crate::service::IpFamily;
 
 /// The filter base chain judging the ingress policy of local pods for traffic
 /// routed through the node. Priority 0 runs after Service DNAT (`dstnat`,
@@ -113,76 +115,6 @@ pub const FORWARD_EGRESS: &str = "forward-egress";
 /// The filter base chain for traffic to the node's own addresses, where only
 /// the egress policy of the sending pod applies.
 pub const INPUT: &str = "input";
-
-/// Address family of a pod IP, a peer or a set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Fam {
-    V4,
-    V6,
-}
-
-impl Fam {
-    pub const ALL: [Fam; 2] = [Fam::V4, Fam::V6];
-
-    pub fn of(ip: &IpAddr) -> Fam {
-        match ip {
-            IpAddr::V4(_) => Fam::V4,
-            IpAddr::V6(_) => Fam::V6,
-        }
-    }
-
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Fam::V4 => "v4",
-            Fam::V6 => "v6",
-        }
-    }
-
-    fn addr_type(self) -> DataType {
-        match self {
-            Fam::V4 => DataType::Ipv4Addr,
-            Fam::V6 => DataType::Ipv6Addr,
-        }
-    }
-
-    fn saddr(self) -> Field {
-        match self {
-            Fam::V4 => Field::IpSaddr,
-            Fam::V6 => Field::Ip6Saddr,
-        }
-    }
-
-    fn daddr(self) -> Field {
-        match self {
-            Fam::V4 => Field::IpDaddr,
-            Fam::V6 => Field::Ip6Daddr,
-        }
-    }
-
-    /// The family of an address field.
-    fn of_field(f: Field) -> Option<Fam> {
-        match f {
-            Field::IpSaddr | Field::IpDaddr => Some(Fam::V4),
-            Field::Ip6Saddr | Field::Ip6Daddr => Some(Fam::V6),
-            _ => None,
-        }
-    }
-
-    /// An address of this family from its integer form (see [`intervals`]).
-    fn value(self, x: u128) -> Value {
-        match self {
-            Fam::V4 => Value::Ipv4((x as u32).into()),
-            Fam::V6 => Value::Ipv6(x.into()),
-        }
-    }
-}
-
-fn ip_value(ip: &IpAddr) -> Value {
-    match ip {
-        IpAddr::V4(a) => Value::Ipv4(*a),
-        IpAddr::V6(a) => Value::Ipv6(*a),
-    }
-}
 
 /// Direction of a policy, from the point of view of the isolated pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -210,7 +142,7 @@ impl Dir {
 
     /// The packet field holding the remote end: the source for ingress, the
     /// destination for egress.
-    fn remote(self, fam: Fam) -> Field {
+    fn remote(self, fam: IpFamily) -> Field {
         match self {
             Dir::Ingress => fam.saddr(),
             Dir::Egress => fam.daddr(),
@@ -218,7 +150,7 @@ impl Dir {
     }
 
     /// The packet field holding the isolated local pod.
-    fn local(self, fam: Fam) -> Field {
+    fn local(self, fam: IpFamily) -> Field {
         match self {
             Dir::Ingress => fam.daddr(),
             Dir::Egress => fam.saddr(),
@@ -228,7 +160,7 @@ impl Dir {
 
 /// `ingress-class-v4`, `egress-class-v6`, …: the data map from a local
 /// isolated pod's IP to the class id of its namespace chain.
-pub fn class_map(dir: Dir, fam: Fam) -> String {
+pub fn class_map(dir: Dir, fam: IpFamily) -> String {
     format!("{}-class-{}", dir.label(), fam.suffix())
 }
 
@@ -291,12 +223,12 @@ pub fn is_ns_chain(chain: &str) -> bool {
 
 /// `sel-<chain>-v4` / `-v6`: the IPs of the local pods that use policy chain
 /// `chain`.
-pub fn sel_set(chain: &str, fam: Fam) -> String {
+pub fn sel_set(chain: &str, fam: IpFamily) -> String {
     format!("sel-{chain}-{}", fam.suffix())
 }
 
 /// `node-addrs-v4` / `-v6`: the node's own addresses, exempt from ingress policy.
-pub fn node_addrs_set(fam: Fam) -> String {
+pub fn node_addrs_set(fam: IpFamily) -> String {
     format!("node-addrs-{}", fam.suffix())
 }
 
@@ -337,7 +269,7 @@ pub fn contribute(
 
 /// The guards of a namespace chain: (policy chain, family) → the policy's
 /// `namespace/name`.
-pub type Guards = BTreeMap<(String, Fam), String>;
+pub type Guards = BTreeMap<(String, IpFamily), String>;
 
 struct PolicyRenderer<'a> {
     table: &'a mut Table,
@@ -367,7 +299,7 @@ struct Classes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IrSetRef {
     pub ir_name: String,
-    pub fam: Fam,
+    pub fam: IpFamily,
     pub ports: bool,
 }
 
@@ -379,7 +311,7 @@ pub struct PolicyChain {
     /// `namespace/name` of the NetworkPolicy.
     pub policy: String,
     /// The families its rules cover (those of the pod's IPs).
-    pub fams: BTreeSet<Fam>,
+    pub fams: BTreeSet<IpFamily>,
     /// The chain and every set its rules use; `as-`/`asp-` sets are headers
     /// without elements ([`ir_set_elements`] fills them).
     pub objects: Table,
@@ -401,7 +333,7 @@ pub fn pod_policy_chains(
     ips: &[IpAddr],
     address_sets: &BTreeMap<String, AddressSet>,
 ) -> Vec<PolicyChain> {
-    let fams: BTreeSet<Fam> = ips.iter().map(Fam::of).collect();
+    let fams: BTreeSet<IpFamily> = ips.iter().map(IpFamily::of).collect();
     if fams.is_empty() {
         return Vec::new();
     }
@@ -497,7 +429,7 @@ pub fn ns_chain_guards(chain: &Chain) -> Guards {
             ..
         }, Expr::Verdict(Verdict::Jump(target))] = rule.exprs.as_slice()
         {
-            let Some(fam) = left.first().and_then(|f| Fam::of_field(*f)) else {
+            let Some(fam) = left.first().and_then(|f| IpFamily::of_field(*f)) else {
                 continue;
             };
             let policy = rule
@@ -512,7 +444,7 @@ pub fn ns_chain_guards(chain: &Chain) -> Guards {
 }
 
 /// The header of the selection set of `chain` for `fam`.
-pub fn sel_set_header(chain: &str, fam: Fam, policy: &str) -> Set {
+pub fn sel_set_header(chain: &str, fam: IpFamily, policy: &str) -> Set {
     Set {
         name: sel_set(chain, fam),
         key: vec![fam.addr_type()],
@@ -541,7 +473,7 @@ pub fn ir_set_elements(
         .get(&r.ir_name)
         .into_iter()
         .flat_map(|s| &s.elements)
-        .filter(|e| Fam::of(&e.ip) == r.fam)
+        .filter(|e| IpFamily::of(&e.ip) == r.fam)
         .filter_map(|e| Some((ir_element_key(r.ports, e)?, ElemValue::default())))
         .collect()
 }
@@ -624,7 +556,7 @@ impl PolicyRenderer<'_> {
                 ..Default::default()
             });
         }
-        for fam in Fam::ALL {
+        for fam in IpFamily::ALL {
             for dir in Dir::ALL {
                 self.table.add_set(Set {
                     name: class_map(dir, fam),
@@ -640,7 +572,7 @@ impl PolicyRenderer<'_> {
             let elements = node
                 .node_addresses
                 .iter()
-                .filter(|ip| Fam::of(ip) == fam)
+                .filter(|ip| IpFamily::of(ip) == fam)
                 .map(|ip| (vec![KeyPart::Value(ip_value(ip))], ElemValue::default()))
                 .collect();
             self.table.add_set(Set {
@@ -674,7 +606,7 @@ impl PolicyRenderer<'_> {
         // One `ct mark vmap` rule per base chain, after the class lookups of
         // both families (see the module doc for why a stale ct mark cannot
         // dispatch wrongly).
-        let set_class = |dir: Dir, fam: Fam| Expr::SetFromMap {
+        let set_class = |dir: Dir, fam: IpFamily| Expr::SetFromMap {
             target: Field::CtMark,
             key: MapKey::Fields(vec![dir.local(fam)]),
             map: class_map(dir, fam),
@@ -690,17 +622,17 @@ impl PolicyRenderer<'_> {
             ))
         };
         let egress = || {
-            let class = |fam: Fam| {
+            let class = |fam: IpFamily| {
                 Rule::new(vec![set_class(Dir::Egress, fam)])
                     .with_comment("kube-nft: egress class of isolated local pods")
             };
-            [class(Fam::V4), class(Fam::V6), vmap(Dir::Egress)]
+            [class(IpFamily::V4), class(IpFamily::V6), vmap(Dir::Egress)]
         };
         // Node → local pod is exempt from ingress policy. Skipping the ingress
         // class lookup (instead of accepting) leaves later rules of this chain
         // in force for that traffic.
         let ingress = || {
-            let class = |fam: Fam| {
+            let class = |fam: IpFamily| {
                 Rule::new(vec![
                     Expr::Match {
                         left: vec![fam.saddr()],
@@ -711,7 +643,7 @@ impl PolicyRenderer<'_> {
                 ])
                 .with_comment("kube-nft: ingress class of isolated local pods")
             };
-            [class(Fam::V4), class(Fam::V6), vmap(Dir::Ingress)]
+            [class(IpFamily::V4), class(IpFamily::V6), vmap(Dir::Ingress)]
         };
 
         let base = |hook, priority| {
@@ -769,7 +701,7 @@ impl PolicyRenderer<'_> {
     fn pod(&mut self, pod: &PodPolicy) {
         // A pod's IPs never change, so the families its chains cover do not
         // either: a v4-only pod's chains hold v4 rules only.
-        let fams: BTreeSet<Fam> = pod.ips.iter().map(Fam::of).collect();
+        let fams: BTreeSet<IpFamily> = pod.ips.iter().map(IpFamily::of).collect();
         for (dir, isolated, rules) in [
             (Dir::Ingress, pod.ingress_isolated, &pod.ingress),
             (Dir::Egress, pod.egress_isolated, &pod.egress),
@@ -782,7 +714,7 @@ impl PolicyRenderer<'_> {
                 let map = self
                     .table
                     .sets
-                    .get_mut(&class_map(dir, Fam::of(ip)))
+                    .get_mut(&class_map(dir, IpFamily::of(ip)))
                     .expect("dispatch() created every map");
                 map.elements
                     .insert(ip_key(ip), class_element(&pod.namespace, &pod.name, class));
@@ -797,7 +729,7 @@ impl PolicyRenderer<'_> {
                         .insert(key, sel_element(&pod.namespace, &pod.name));
                 }
                 for ip in &pod.ips {
-                    let fam = Fam::of(ip);
+                    let fam = IpFamily::of(ip);
                     let set = self
                         .table
                         .sets
@@ -861,7 +793,7 @@ impl PolicyRenderer<'_> {
         rules: &[&IrRule],
         ips: &[IpAddr],
     ) -> Option<String> {
-        let fams: BTreeSet<Fam> = ips.iter().map(Fam::of).collect();
+        let fams: BTreeSet<IpFamily> = ips.iter().map(IpFamily::of).collect();
         let mut body = Vec::new();
         self.pod_elements.clear();
         for rule in rules {
@@ -902,7 +834,7 @@ impl PolicyRenderer<'_> {
         dir: Dir,
         rule: &IrRule,
         ips: &[IpAddr],
-        fams: &BTreeSet<Fam>,
+        fams: &BTreeSet<IpFamily>,
         out: &mut Vec<Rule>,
     ) {
         let note = comment(&format!(
@@ -926,7 +858,7 @@ impl PolicyRenderer<'_> {
         };
         // Peer matches first: (statements, family they are limited to,
         // whether the ports apply).
-        let mut matches: Vec<(Vec<Expr>, Option<Fam>, bool)> = Vec::new();
+        let mut matches: Vec<(Vec<Expr>, Option<IpFamily>, bool)> = Vec::new();
         for peer in &rule.peers {
             match peer {
                 IrPeer::Any => matches.push((Vec::new(), None, true)),
@@ -996,7 +928,7 @@ impl PolicyRenderer<'_> {
     /// one policy rule, resolved on each pod that uses it, so pods whose
     /// ports differ share one chain. The pod's elements go to
     /// `pod_elements`.
-    fn local_port_set(&mut self, dir: Dir, rule: &IrRule, ips: &[IpAddr], fam: Fam) -> String {
+    fn local_port_set(&mut self, dir: Dir, rule: &IrRule, ips: &[IpAddr], fam: IpFamily) -> String {
         let names: Vec<String> = rule
             .named_ports
             .iter()
@@ -1019,7 +951,7 @@ impl PolicyRenderer<'_> {
                 ..Default::default()
             });
         }
-        for ip in ips.iter().filter(|ip| Fam::of(ip) == fam) {
+        for ip in ips.iter().filter(|ip| IpFamily::of(ip) == fam) {
             for p in &rule.named_ports {
                 let key = vec![
                     KeyPart::Value(ip_value(ip)),
@@ -1038,7 +970,7 @@ impl PolicyRenderer<'_> {
         &mut self,
         nft_name: &str,
         ir_name: &str,
-        fam: Fam,
+        fam: IpFamily,
         ports: bool,
     ) -> BTreeMap<ElemKey, ElemValue> {
         let r = IrSetRef {
@@ -1056,7 +988,7 @@ impl PolicyRenderer<'_> {
     }
 
     /// `as-<name>-v4`: the IPs of an IR address set of one family.
-    fn address_set(&mut self, ir_name: &str, fam: Fam) -> String {
+    fn address_set(&mut self, ir_name: &str, fam: IpFamily) -> String {
         let name = ir_object_name("as", ir_name, fam.suffix());
         if !self.table.sets.contains_key(&name) {
             let ir = self.address_sets.get(ir_name);
@@ -1074,7 +1006,7 @@ impl PolicyRenderer<'_> {
 
     /// `asp-<name>-v4`: (IP, protocol, port) elements of an IR address set, for
     /// named ports that resolve per destination pod.
-    fn address_port_set(&mut self, ir_name: &str, fam: Fam) -> String {
+    fn address_port_set(&mut self, ir_name: &str, fam: IpFamily) -> String {
         let name = ir_object_name("asp", ir_name, fam.suffix());
         if !self.table.sets.contains_key(&name) {
             let ir = self.address_sets.get(ir_name);
@@ -1098,10 +1030,10 @@ impl PolicyRenderer<'_> {
         &mut self,
         cidr: &str,
         except: &[String],
-        fams: &BTreeSet<Fam>,
-    ) -> Option<(Fam, String)> {
+        fams: &BTreeSet<IpFamily>,
+    ) -> Option<(IpFamily, String)> {
         let net = cidr.parse::<IpNet>().ok()?.trunc();
-        let fam = Fam::of(&net.addr());
+        let fam = IpFamily::of(&net.addr());
         if !fams.contains(&fam) {
             return None;
         }
@@ -1109,7 +1041,7 @@ impl PolicyRenderer<'_> {
         for e in except {
             let e = e.parse::<IpNet>().ok()?.trunc();
             // An except of the other family cannot exclude anything.
-            if Fam::of(&e.addr()) == fam {
+            if IpFamily::of(&e.addr()) == fam {
                 holes.push(e);
             }
         }
@@ -1259,14 +1191,6 @@ fn set_comment(ir_name: &str, ir: Option<&AddressSet>) -> String {
     }
 }
 
-fn proto_number(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => nft::proto::TCP,
-        Protocol::Udp => nft::proto::UDP,
-        Protocol::Sctp => nft::proto::SCTP,
-    }
-}
-
 fn proto_name(p: u8) -> &'static str {
     match p {
         nft::proto::TCP => "tcp",
@@ -1352,9 +1276,9 @@ mod tests {
     #[test]
     fn guards_round_trip_through_rules() {
         let guards: Guards = [
-            (("in-00aa".to_string(), Fam::V4), "demo/a".to_string()),
-            (("in-00aa".to_string(), Fam::V6), "demo/a".to_string()),
-            (("in-00bb".to_string(), Fam::V4), "demo/b".to_string()),
+            (("in-00aa".to_string(), IpFamily::V4), "demo/a".to_string()),
+            (("in-00aa".to_string(), IpFamily::V6), "demo/a".to_string()),
+            (("in-00bb".to_string(), IpFamily::V4), "demo/b".to_string()),
         ]
         .into();
         let mut chain = ns_chain_header(Dir::Ingress, "in-ns-demo", "demo");

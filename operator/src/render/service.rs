@@ -106,6 +106,7 @@ use nft::{
 
 use super::intervals;
 use super::names::comment;
+use super::values::{ip_value, proto_number};
 use crate::service::{
     Backend, Endpoint, Entry, FrontendKind, IpFamily, Masquerade, NodeServices, ServiceConfig,
 };
@@ -209,27 +210,6 @@ const DROP: &str = "drop";
 const FW: &str = "fw";
 const FW_ALLOW: &str = "fw-allow";
 
-fn addr_type(fam: IpFamily) -> DataType {
-    match fam {
-        IpFamily::V4 => DataType::Ipv4Addr,
-        IpFamily::V6 => DataType::Ipv6Addr,
-    }
-}
-
-fn saddr(fam: IpFamily) -> Field {
-    match fam {
-        IpFamily::V4 => Field::IpSaddr,
-        IpFamily::V6 => Field::Ip6Saddr,
-    }
-}
-
-fn daddr(fam: IpFamily) -> Field {
-    match fam {
-        IpFamily::V4 => Field::IpDaddr,
-        IpFamily::V6 => Field::Ip6Daddr,
-    }
-}
-
 fn original_daddr(fam: IpFamily) -> Field {
     match fam {
         IpFamily::V4 => Field::CtOriginalIpDaddr,
@@ -241,28 +221,6 @@ fn nat_family(fam: IpFamily) -> NatFamily {
     match fam {
         IpFamily::V4 => NatFamily::Ip,
         IpFamily::V6 => NatFamily::Ip6,
-    }
-}
-
-fn ip(a: &IpAddr) -> Value {
-    match a {
-        IpAddr::V4(a) => Value::Ipv4(*a),
-        IpAddr::V6(a) => Value::Ipv6(*a),
-    }
-}
-
-fn addr_of(fam: IpFamily, x: u128) -> Value {
-    match fam {
-        IpFamily::V4 => Value::Ipv4((x as u32).into()),
-        IpFamily::V6 => Value::Ipv6(x.into()),
-    }
-}
-
-fn proto_number(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => nft::proto::TCP,
-        Protocol::Udp => nft::proto::UDP,
-        Protocol::Sctp => nft::proto::SCTP,
     }
 }
 
@@ -279,7 +237,10 @@ fn commented(text: &str) -> ElemValue {
 
 fn endpoint_value(e: &Endpoint, label: &str) -> ElemValue {
     ElemValue {
-        data: Some(ElemData::Values(vec![ip(&e.addr), Value::Port(e.port)])),
+        data: Some(ElemData::Values(vec![
+            ip_value(&e.addr),
+            Value::Port(e.port),
+        ])),
         timeout: None,
         comment: Some(comment(label)),
     }
@@ -288,7 +249,7 @@ fn endpoint_value(e: &Endpoint, label: &str) -> ElemValue {
 /// Frontend key parts: `addr . proto . port`.
 fn frontend_key(addr: &IpAddr, proto: Protocol, port: u16) -> ElemKey {
     vec![
-        v(ip(addr)),
+        v(ip_value(addr)),
         v(Value::Proto(proto_number(proto))),
         v(Value::Port(port)),
     ]
@@ -390,7 +351,7 @@ impl Content {
         let proto_port = [v(Value::Proto(proto_number(proto))), v(Value::Port(port))];
         match e.frontend.addr {
             Some(a) if !nodeport => {
-                let key = std::iter::once(v(ip(&a)))
+                let key = std::iter::once(v(ip_value(&a)))
                     .chain(proto_port.clone())
                     .collect();
                 counts.insert(key, id);
@@ -404,7 +365,7 @@ impl Content {
             let slot = v(Value::Mark(i as u32));
             let proto_port = [v(Value::Proto(proto_number(proto))), v(Value::Port(port))];
             let key: ElemKey = match e.frontend.addr {
-                Some(a) if !nodeport => std::iter::once(v(ip(&a)))
+                Some(a) if !nodeport => std::iter::once(v(ip_value(&a)))
                     .chain(proto_port)
                     .chain([slot])
                     .collect(),
@@ -442,7 +403,7 @@ impl Content {
             let who = ep.pod.clone().unwrap_or_else(|| ep.addr.to_string());
             self.add(
                 fixed_set(HAIRPIN, fam),
-                vec![v(ip(&ep.addr)), v(ip(&ep.addr))],
+                vec![v(ip_value(&ep.addr)), v(ip_value(&ep.addr))],
                 commented(&who),
             );
         }
@@ -470,7 +431,7 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
     for a in &services.node_addresses {
         content.add(
             fixed_set(NODE_ADDRS, IpFamily::of(a)),
-            vec![v(ip(a))],
+            vec![v(ip_value(a))],
             ElemValue::default(),
         );
     }
@@ -483,7 +444,7 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
         intervals::union(ranges)
             .into_iter()
             .map(|(lo, hi)| {
-                let key = vec![KeyPart::range(addr_of(fam, lo), addr_of(fam, hi))];
+                let key = vec![KeyPart::range(fam.value(lo), fam.value(hi))];
                 (key, ElemValue::default())
             })
             .collect()
@@ -511,7 +472,7 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
                 ..Default::default()
             });
         };
-        let a = addr_type(fam);
+        let a = fam.addr_type();
         let frontend = vec![a, DataType::InetProto, DataType::InetService];
         fixed(
             NODE_ADDRS,
@@ -627,7 +588,7 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
         ..Default::default()
     });
     for ((fam, n, nodeport), elements) in &content.groups {
-        let a = addr_type(*fam);
+        let a = fam.addr_type();
         let mut key = if *nodeport { vec![] } else { vec![a] };
         key.extend([DataType::InetProto, DataType::InetService, DataType::Mark]);
         let (name, what) = if *nodeport {
@@ -646,7 +607,7 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
     }
     for fam in IpFamily::ALL {
         for nodeport in [false, true] {
-            let a = addr_type(fam);
+            let a = fam.addr_type();
             let mut key = if nodeport { vec![] } else { vec![a] };
             key.extend([DataType::InetProto, DataType::InetService]);
             let what = if nodeport { "NodePort" } else { "frontend" };
@@ -667,7 +628,7 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
         }
     }
     for fam in IpFamily::ALL {
-        let a = addr_type(fam);
+        let a = fam.addr_type();
         sets.push(Set {
             name: int_count_map(fam),
             key: vec![a, DataType::InetProto, DataType::InetService],
@@ -705,7 +666,7 @@ pub fn contribute(table: &mut Table, services: &NodeServices, config: &ServiceCo
     for ((fam, t), (elements, _)) in &content.affinity {
         sets.push(Set {
             name: affinity_frontends(*fam, *t),
-            key: vec![addr_type(*fam), DataType::InetProto, DataType::InetService],
+            key: vec![fam.addr_type(), DataType::InetProto, DataType::InetService],
             comment: Some(format!(
                 "kube-nft: frontends with sessionAffinity ClientIP, timeout {}s",
                 t.as_secs()
@@ -738,7 +699,7 @@ fn lookup(left: Vec<Field>, op: MatchOp, set: String) -> Expr {
 }
 
 fn frontend_fields(fam: IpFamily) -> Vec<Field> {
-    vec![daddr(fam), Field::L4Proto, Field::ThDport]
+    vec![fam.daddr(), Field::L4Proto, Field::ThDport]
 }
 
 fn l4protos() -> Expr {
@@ -805,7 +766,7 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
             rules.push(
                 Rule::new(vec![
                     lookup(
-                        vec![saddr(fam)],
+                        vec![fam.saddr()],
                         MatchOp::Neq,
                         fixed_set(CLUSTER_CIDRS, fam),
                     ),
@@ -828,8 +789,8 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
                     family: nat_family(fam),
                     to: NatTarget::Map {
                         key: MapKey::Fields(vec![
-                            saddr(fam),
-                            daddr(fam),
+                            fam.saddr(),
+                            fam.daddr(),
                             Field::L4Proto,
                             Field::ThDport,
                         ]),
@@ -854,7 +815,7 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
         );
         rules.push(
             Rule::new(vec![
-                lookup(vec![daddr(fam)], MatchOp::Eq, fixed_set(NODE_ADDRS, fam)),
+                lookup(vec![fam.daddr()], MatchOp::Eq, fixed_set(NODE_ADDRS, fam)),
                 Expr::SetFromMap {
                     target: Field::CtMark,
                     key: MapKey::Fields(vec![Field::L4Proto, Field::ThDport]),
@@ -866,7 +827,7 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
         if has_cidr(fam) {
             rules.push(
                 Rule::new(vec![
-                    lookup(vec![saddr(fam)], MatchOp::Eq, fixed_set(CLUSTER_CIDRS, fam)),
+                    lookup(vec![fam.saddr()], MatchOp::Eq, fixed_set(CLUSTER_CIDRS, fam)),
                     Expr::SetFromMap {
                         target: Field::CtMark,
                         key: MapKey::Fields(frontend_fields(fam)),
@@ -958,8 +919,8 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
                     Expr::MapUpdate {
                         op: SetUpdateOp::Update,
                         map: affinity_map(fam),
-                        key: std::iter::once(saddr(fam)).chain(original).collect(),
-                        data: vec![daddr(fam), Field::ThDport],
+                        key: std::iter::once(fam.saddr()).chain(original).collect(),
+                        data: vec![fam.daddr(), Field::ThDport],
                         timeout: Some(*t),
                     },
                 ])
@@ -975,7 +936,7 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
             Rule::new(vec![
                 dnatted(),
                 lookup(
-                    vec![saddr(fam), daddr(fam)],
+                    vec![fam.saddr(), fam.daddr()],
                     MatchOp::Eq,
                     fixed_set(HAIRPIN, fam),
                 ),
@@ -1000,8 +961,12 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
     for fam in IpFamily::ALL.into_iter().filter(|f| has_cidr(*f)) {
         post.push(
             Rule::new(vec![
-                lookup(vec![saddr(fam)], MatchOp::Eq, fixed_set(CLUSTER_CIDRS, fam)),
-                lookup(vec![daddr(fam)], MatchOp::Neq, fixed_set(NO_MASQ, fam)),
+                lookup(
+                    vec![fam.saddr()],
+                    MatchOp::Eq,
+                    fixed_set(CLUSTER_CIDRS, fam),
+                ),
+                lookup(vec![fam.daddr()], MatchOp::Neq, fixed_set(NO_MASQ, fam)),
                 Expr::Masquerade { fully_random: true },
             ])
             .with_comment("kube-nft: pod traffic leaving the cluster"),
@@ -1055,7 +1020,7 @@ fn chains(table: &mut Table, content: &Content, config: &ServiceConfig) {
     let mut fw = Vec::new();
     for fam in IpFamily::ALL {
         let mut with_source = frontend_fields(fam);
-        with_source.push(saddr(fam));
+        with_source.push(fam.saddr());
         fw.push(
             Rule::new(vec![
                 lookup(frontend_fields(fam), MatchOp::Eq, fixed_set(FW, fam)),
@@ -1086,7 +1051,7 @@ pub fn stale_affinity(map: &Set, services: &NodeServices) -> Vec<ElemKey> {
             for ep in e.endpoints() {
                 valid.insert((
                     frontend_key(&addr, e.frontend.protocol, e.frontend.port),
-                    vec![ip(&ep.addr), Value::Port(ep.port)],
+                    vec![ip_value(&ep.addr), Value::Port(ep.port)],
                 ));
             }
         }
