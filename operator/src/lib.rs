@@ -3,6 +3,8 @@
 pub mod agent;
 pub mod cli;
 pub mod cluster;
+pub mod http;
+pub mod kubeapi;
 pub mod lab;
 pub mod policy;
 pub mod render;
