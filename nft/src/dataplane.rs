@@ -96,6 +96,28 @@ pub enum SyncError {
     /// A staged part could not be split (a bug in the staging plan).
     #[error("staging: {0}")]
     Split(#[from] SplitError),
+    /// The kernel's ruleset generation or table could not be read (drift check).
+    #[error("reading table {family} {name} back: {source}")]
+    Read {
+        family: Family,
+        name: String,
+        #[source]
+        source: netlink::Error,
+    },
+}
+
+/// What [`Dataplane::check_drift`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// The ruleset generation has not moved since our last commit (or last
+    /// check): nobody committed anything in this namespace. Nothing was read.
+    Unchanged,
+    /// Someone committed in this namespace, but our table is still what we
+    /// committed (another table changed, or a change was undone).
+    Clean,
+    /// Our table differed from the committed copy (flushed, deleted, edited by
+    /// hand); the sync in the report restored it.
+    Repaired(SyncReport),
 }
 
 /// One table in one network namespace, kept equal to a desired [`Table`].
@@ -108,13 +130,34 @@ pub struct Dataplane {
     /// The committed copy is unknown (a batch committed but could not be
     /// replayed or read back): the next sync reloads first.
     stale: bool,
+    /// The ruleset generation id at which the kernel provably held the
+    /// committed copy: read right after our own commits when nobody else
+    /// committed in between, or at the last drift check. `None`: unknown, the
+    /// next drift check reads the table.
+    verified_generation: Option<u32>,
+}
+
+/// The generation id after `n` more commits: the kernel increments it by one
+/// per committed transaction and skips 0 when it wraps.
+fn generation_after(mut g: u32, n: usize) -> u32 {
+    for _ in 0..n {
+        g = g.wrapping_add(1);
+        if g == 0 {
+            g = 1;
+        }
+    }
+    g
 }
 
 impl Dataplane {
     /// Take over table `name` of `family` on `conn`, reading its current kernel
     /// content once as the committed state (absent table: `None`).
     pub fn open(mut conn: Conn, family: Family, name: &str) -> Result<Dataplane, netlink::Error> {
+        let before = conn.generation()?;
         let committed = conn.read_table(family, name)?;
+        // A dump is not atomic: the copy is verified only if nothing committed
+        // while it was read.
+        let verified_generation = (conn.generation()? == before).then_some(before);
         Ok(Dataplane {
             conn,
             family,
@@ -122,6 +165,7 @@ impl Dataplane {
             committed,
             chunk_messages: DEFAULT_CHUNK_MESSAGES,
             stale: false,
+            verified_generation,
         })
     }
 
@@ -151,10 +195,76 @@ impl Dataplane {
 
     /// Re-read the table from the kernel (after drift: someone else changed it).
     pub fn reload(&mut self) -> Result<(), netlink::Error> {
+        self.verified_generation = None;
         self.conn.forget(self.family, &self.name);
         self.committed = self.conn.read_table(self.family, &self.name)?;
         self.stale = false;
         Ok(())
+    }
+
+    /// The drift check: has anyone changed our table behind our back (`nft
+    /// flush table`, `nft delete table`, a hand edit)? Cheap when nothing
+    /// happened in the namespace: one generation-id request. When the
+    /// generation moved since our last commit, reads the table once and, if
+    /// it differs from the committed copy, brings the kernel back to that copy
+    /// (a normal diff sync from what the kernel holds, staged if large).
+    /// Elements the kernel adds to dynamic sets are not drift.
+    pub fn check_drift(&mut self) -> Result<Drift, SyncError> {
+        let read_err = |dp: &Dataplane| {
+            let (family, name) = (dp.family, dp.name.clone());
+            move |source| SyncError::Read {
+                family,
+                name,
+                source,
+            }
+        };
+        let generation = self.conn.generation().map_err(read_err(self))?;
+        if self.verified_generation == Some(generation) && !self.stale {
+            return Ok(Drift::Unchanged);
+        }
+        self.conn.forget(self.family, &self.name);
+        let kernel = self
+            .conn
+            .read_table(self.family, &self.name)
+            .map_err(read_err(self))?;
+        let after = self.conn.generation().map_err(read_err(self))?;
+        let consistent = (after == generation).then_some(generation);
+        let want = match (&self.committed, self.stale) {
+            // Never committed anything, or the copy is unknown: the kernel is
+            // the truth (the next sync brings it to the desired state).
+            (None, _) | (_, true) => None,
+            (Some(committed), false) => Some(committed.clone()),
+        };
+        let Some(want) = want.filter(|w| !diff::diff(kernel.as_ref(), w).is_empty()) else {
+            if self.stale || self.committed.is_none() {
+                self.committed = kernel;
+                self.stale = false;
+            }
+            self.verified_generation = consistent;
+            return Ok(Drift::Clean);
+        };
+        // Diff from what the kernel really holds back to the committed copy.
+        self.committed = kernel;
+        self.verified_generation = consistent;
+        self.sync(&want).map(Drift::Repaired)
+    }
+
+    /// Reads the generation before a commit of ours; see [`Self::note_commits`].
+    fn generation_before_commit(&mut self) -> Option<u32> {
+        let now = self.conn.generation().ok();
+        // Only a generation at which the copy was verified carries forward:
+        // anything committed by others before this point is unknown.
+        now.filter(|g| self.verified_generation == Some(*g))
+    }
+
+    /// After `n` commits of ours: the copy stays verified when the generation
+    /// moved by exactly `n` (nobody else committed meanwhile).
+    fn note_commits(&mut self, before: Option<u32>, n: usize) {
+        let after = self.conn.generation().ok();
+        self.verified_generation = match (before, after) {
+            (Some(b), Some(a)) if generation_after(b, n) == a => Some(a),
+            _ => None,
+        };
     }
 
     /// Make the kernel hold `desired`: diff against the committed copy, send, and
@@ -191,6 +301,7 @@ impl Dataplane {
         let plan = self.plan(batch)?;
         report.staged = plan.len() > 1;
         let total = plan.len();
+        let before = self.generation_before_commit();
         for (i, chunk) in plan.iter().enumerate() {
             let t = Instant::now();
             match self.conn.apply(chunk) {
@@ -204,6 +315,7 @@ impl Dataplane {
                 }
                 Err(source) => {
                     let leftovers = self.undo_staged(&plan[..i]);
+                    self.verified_generation = None;
                     return Err(SyncError::Kernel {
                         transaction: i + 1,
                         transactions: total,
@@ -214,6 +326,7 @@ impl Dataplane {
             }
         }
         self.advance(&plan, desired);
+        self.note_commits(before, report.transactions);
         report.elapsed = start.elapsed();
         Ok(report)
     }
@@ -245,6 +358,7 @@ impl Dataplane {
             report.elapsed = start.elapsed();
             return Ok(report);
         }
+        let before = self.generation_before_commit();
         let applied = self.conn.apply(batch).map_err(|source| SyncError::Kernel {
             transaction: 1,
             transactions: 1,
@@ -266,6 +380,7 @@ impl Dataplane {
             self.committed = None;
             self.stale = true;
         }
+        self.note_commits(before, 1);
         report.elapsed = start.elapsed();
         Ok(report)
     }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cli;
 pub mod cluster;
+pub mod controller;
 pub mod http;
 pub mod kubeapi;
 pub mod lab;

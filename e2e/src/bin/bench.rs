@@ -12,6 +12,10 @@
 //! endpoints, cold sync and one-service adds through netlink vs. `nft -f`, and
 //! the new-connection rate through a ClusterIP with 10,000 services vs. 1
 //! (see `e2e::bench_services`).
+//!
+//! `bench cluster`: pod relabels from the lab's write to the kernel through a
+//! real API server, the operator and one agent per node, vs the in-process
+//! lab (see `e2e::bench_cluster`).
 
 use std::io::Write;
 use std::process::Command;
@@ -45,6 +49,9 @@ enum Cmd {
     /// Service NAT: cold sync and one-service adds (netlink vs nft -f) at
     /// 5,000 × 50, and connection rate through a ClusterIP at 10k vs 1 services.
     Services(e2e::bench_services::ServicesArgs),
+    /// Event→kernel latency of pod relabels through a real API server, the
+    /// operator and agents (the lab's cluster mode) vs the in-process lab.
+    Cluster(e2e::bench_cluster::ClusterArgs),
 }
 
 #[derive(Args)]
@@ -81,6 +88,7 @@ fn main() -> Result<()> {
         Cmd::Dataplane(a) => dataplane(a),
         Cmd::Policy(a) => e2e::bench_policy::run(a),
         Cmd::Services(a) => e2e::bench_services::run(a),
+        Cmd::Cluster(a) => e2e::bench_cluster::run(a),
     }
 }
 

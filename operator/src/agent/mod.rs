@@ -12,6 +12,7 @@
 //! a thread of its own and talks to it over a channel; [`AgentHandle::sync`]
 //! returns once the kernel committed the change, i.e. once it is enforced.
 
+pub mod daemon;
 mod handle;
 pub mod health;
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use kube_nft_crds::ir::{AddressSet, CompiledPolicy, NodePolicy};
 use nft::conntrack::{self, Conntrack};
-use nft::dataplane::{Dataplane, SyncError};
+use nft::dataplane::{Dataplane, Drift, SyncError};
 use nft::netlink::{self, Conn};
 use nft::{Batch, Op, Table};
 use serde::Serialize;
@@ -195,6 +196,18 @@ impl Agent {
     /// What the kernel holds as far as this agent knows.
     pub fn committed(&self) -> Option<&Table> {
         self.dataplane.committed()
+    }
+
+    /// Restores the table when someone changed it behind our back (see
+    /// [`Dataplane::check_drift`]); cheap when nothing was committed in the
+    /// namespace since our last commit.
+    pub fn check_drift(&mut self) -> Result<Drift, AgentError> {
+        self.dataplane
+            .check_drift()
+            .map_err(|source| AgentError::Sync {
+                node: self.node.clone(),
+                source,
+            })
     }
 
     /// The batch a sync to `input` would send now (for `--dry-run`).

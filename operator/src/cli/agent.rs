@@ -1,9 +1,13 @@
 //! `kube-nft agent apply`: compile one node's share of the manifests (policy
 //! and Service NAT) and apply it once to a network namespace, or print the
 //! `nft` script it would send.
+//!
+//! `kube-nft agent run`: the DaemonSet's control loop ([`crate::agent::daemon`]).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -21,6 +25,35 @@ pub struct AgentArgs {
 pub enum AgentCommand {
     /// Compile NODE's share of the manifests' policies and enforce it once.
     Apply(AgentApplyArgs),
+    /// Enforce NODE's share of the cluster's policies and its Service NAT,
+    /// continuously, from the API server (what the DaemonSet runs).
+    Run(AgentRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// This node's name (its NodePolicyShare and Node are named so).
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node: String,
+    #[command(flatten)]
+    pub kube: crate::kubeapi::KubeArgs,
+    /// Enforce in this network namespace (e.g. /run/netns/NAME); the API
+    /// connection and the metrics server stay in this one.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9473")]
+    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub nat: super::NatArgs,
+    /// How often to check that nobody changed the table behind the agent's
+    /// back (and restore it).
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub drift_interval: u64,
+    /// Enforce NetworkPolicy only: no Service NAT (e.g. next to kube-proxy).
+    #[arg(long)]
+    pub no_services: bool,
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +80,49 @@ pub struct AgentApplyArgs {
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     match args.what {
         AgentCommand::Apply(a) => apply(a),
+        AgentCommand::Run(a) => run_daemon(a),
+    }
+}
+
+fn run_daemon(args: AgentRunArgs) -> anyhow::Result<()> {
+    // Logs to stderr; RUST_LOG overrides the level (e.g. kube_nft=debug).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let config = crate::agent::daemon::Config {
+        node: args.node,
+        netns: args.netns,
+        metrics_addr: args.metrics_addr,
+        services: (!args.no_services).then(|| args.nat.config()),
+        drift_interval: Duration::from_secs(args.drift_interval),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = args.kube.client().await?;
+        crate::agent::daemon::run(client, config, shutdown_signal()).await
+    })
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers the default action (exit) applies.
+        _ => std::future::pending().await,
     }
 }
 

@@ -33,14 +33,22 @@ pub enum Command {
     Agent(super::agent::AgentArgs),
     /// Print the CustomResourceDefinitions of cluster mode (or write deploy/crds/).
     Crds(super::crds::CrdsArgs),
+    /// The operator (cluster mode): watch Namespaces, Pods, NetworkPolicies
+    /// and Nodes, and write the compiled NodePolicyShares and AddressSetShards.
+    Operator(super::operator::OperatorArgs),
 }
 
 #[derive(Debug, Args)]
+// `--kubeconfig` may follow the subcommand, as `-f` may.
+#[command(mut_arg("kubeconfig", |a| a.global(true)))]
 pub struct ExplainArgs {
     /// Manifest file or directory (recursive: *.yaml, *.yml, *.json). Repeatable.
-    /// Pods need `status.podIP` to take part in policy.
+    /// Pods need `status.podIP` to take part in policy. Without -f, the live
+    /// cluster is read (--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster).
     #[arg(short = 'f', long = "filename", value_name = "PATH", global = true)]
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub kube: crate::kubeapi::KubeArgs,
     /// Fail on any bad or unknown document instead of skipping it.
     #[arg(long, global = true)]
     pub strict: bool,

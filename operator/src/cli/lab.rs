@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use crate::lab::apiserver::ApiServerOptions;
 use crate::lab::run::{run as run_lab, RunOptions};
 use crate::lab::{report, scenario};
 
@@ -56,6 +57,23 @@ pub struct LabRunArgs {
     /// Default `--cluster-cidr`: the lab nodes' pod CIDRs.
     #[command(flatten)]
     pub nat: super::NatArgs,
+    /// Use this API server as the control plane (admin credentials): the lab
+    /// writes Nodes, Namespaces, Pods, Services and the scenario's objects
+    /// through it, runs `kube-nft operator` and one `kube-nft agent run` per
+    /// lab node as processes with deploy/'s ServiceAccounts, and probes as
+    /// without it. Meant for a throwaway API server without kubelets
+    /// (scripts/apiserver-run).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubeconfig: how long one change may take to reach every
+    /// node's kernel, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        requires = "kubeconfig"
+    )]
+    pub enforce_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +106,11 @@ fn run_once(args: LabRunArgs) -> anyhow::Result<()> {
         timeout: Duration::from_millis(args.timeout_ms),
         cluster_cidrs: args.nat.cluster_cidrs.clone(),
         no_masquerade_cidrs: args.nat.no_masquerade_cidrs.clone(),
+        api_server: args.kubeconfig.clone().map(|kubeconfig| ApiServerOptions {
+            kubeconfig,
+            binary: None,
+            timeout: Duration::from_secs(args.enforce_timeout),
+        }),
     };
     let report = run_lab(cluster, scenario, &options)?;
     let mut out = std::io::stdout().lock();

@@ -5,6 +5,7 @@ pub mod args;
 pub mod crds;
 mod explain;
 pub mod lab;
+pub mod operator;
 mod table;
 
 pub use args::Cli;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         args::Command::Lab(a) => lab::run(a),
         args::Command::Agent(a) => agent::run(a),
         args::Command::Crds(a) => crds::run(a),
+        args::Command::Operator(a) => operator::run(a),
     }
 }
 

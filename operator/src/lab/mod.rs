@@ -7,11 +7,15 @@
 //! * [`topology`]: underlay, nodes, pods and the outside host from a [`LabSpec`].
 //! * [`listen`]: every pod answers on its ports with `namespace/name from <source>`.
 //! * [`probe`]: real TCP/UDP connections from inside a namespace, many in parallel.
+//! * [`control`]: what carries the model to the nodes: in-process agents, or
+//!   ([`apiserver`]) a real API server with the real operator and agents.
 //!
 //! Nothing here touches the root namespace's interfaces, routes or nftables:
 //! every interface is created inside a lab namespace.
 
 pub mod addressing;
+pub mod apiserver;
+pub mod control;
 pub mod listen;
 pub mod naming;
 pub mod netns;

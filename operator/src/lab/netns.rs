@@ -345,6 +345,9 @@ pub fn remove_active_labs() {
 fn install_signal_cleanup() {
     SIGNAL_CLEANUP.call_once(|| {
         let installed = ctrlc::set_handler(|| {
+            // The operator and agents of `lab run --kubeconfig` first: they
+            // hold the namespaces open.
+            super::apiserver::procs::kill_registered();
             remove_active_labs();
             // 128 + SIGINT, what a shell reports for an interrupted command.
             std::process::exit(130);

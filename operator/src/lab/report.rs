@@ -46,6 +46,12 @@ pub struct LabReport {
     /// Declared ports nobody could listen on (SCTP), with the reason.
     #[serde(rename = "notServable", skip_serializing_if = "Vec::is_empty")]
     pub not_servable: Vec<String>,
+    /// `apiserver` when a real API server, operator and agents carried the
+    /// policy (`lab run --kubeconfig`); absent for the in-process agents.
+    /// Each node's `elapsed` is then the event→kernel time: from the lab's
+    /// first write to the kernel holding the change.
+    #[serde(rename = "controlPlane", skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<String>,
     pub ok: bool,
 }
 
@@ -168,6 +174,7 @@ impl LabReport {
             disagreements,
             enforcements,
             not_servable,
+            control_plane: None,
             ok,
         }
     }
@@ -278,7 +285,7 @@ pub fn render_table(report: &LabReport, colour: bool) -> String {
             detail_of(report, d.step, &d.from, &d.to),
         );
     }
-    if let Some(line) = enforcement_line(&report.enforcements) {
+    if let Some(line) = enforcement_line(&report.enforcements, report.control_plane.is_some()) {
         s.push_str(&line);
         s.push('\n');
     }
@@ -289,8 +296,8 @@ pub fn render_table(report: &LabReport, colour: bool) -> String {
 }
 
 /// How policy reached the kernels: syncs, and the slowest one (the time until
-/// every node enforced a change).
-fn enforcement_line(enforcements: &[Enforcement]) -> Option<String> {
+/// every node enforced a change; through an API server, from the lab's write).
+fn enforcement_line(enforcements: &[Enforcement], api_server: bool) -> Option<String> {
     let slowest = enforcements
         .iter()
         .flat_map(|e| &e.nodes)
@@ -301,8 +308,13 @@ fn enforcement_line(enforcements: &[Enforcement]) -> Option<String> {
         .flat_map(|e| &e.nodes)
         .map(|n| n.elements)
         .sum();
+    let (through, slowest_what) = if api_server {
+        (" through the API server", "slowest event→kernel")
+    } else {
+        ("", "slowest sync")
+    };
     Some(format!(
-        "enforced {} time{} on {} node{} ({elements} nftables objects changed, slowest sync {:.1} ms)",
+        "enforced {} time{}{through} on {} node{} ({elements} nftables objects changed, {slowest_what} {:.1} ms)",
         enforcements.len(),
         plural(enforcements.len()),
         enforcements.first().map_or(0, |e| e.nodes.len()),

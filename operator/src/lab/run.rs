@@ -4,10 +4,15 @@
 //! The pure part plans the lab from the cluster model ([`plan_lab`]: nodes,
 //! pod placement, listening ports); the rest drives the edges in order:
 //! build the namespaces, write the lab's addresses back into the model (so
-//! explain and the compiler see what the kernel sees), start agents and
-//! listeners, then run the steps. After every `apply`/`delete` the whole
-//! cluster is recompiled and every node gets its share; the step ends when
-//! every agent reports the kernel committed it, so probes never race a sync.
+//! explain and the compiler see what the kernel sees), start the control
+//! plane and listeners, then run the steps. After every `apply`/`delete` the
+//! whole cluster is recompiled and every node gets its share; the step ends
+//! when every node's kernel holds it, so probes never race a sync. The
+//! control plane ([`super::control`]) is one in-process agent per node, or
+//! (`--kubeconfig`) a real API server with the real operator and agents.
+//!
+//! [`Session`] is the same lab driven one step at a time by a program (the
+//! cluster e2e tests, `bench cluster`).
 //!
 //! Dual-stack: a node's IPv6 pod CIDR comes from its `spec.podCIDRs` (or
 //! `--pod-cidr-v6`, a /64 per node); every pod on such a node gets an IPv6
@@ -16,8 +21,9 @@
 //! Without a scenario, every declared port is probed over IPv6 too when any pod
 //! has an IPv6 address.
 //!
-//! The main thread does the blocking work (namespaces, agents); a small tokio
-//! runtime serves listeners and runs probes.
+//! The main thread does the blocking work (namespaces, agents, kernel reads);
+//! a small tokio runtime serves listeners, runs probes and talks to the API
+//! server.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,13 +34,15 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec as K8sNodeSpec, Pod, PodIP};
 use tokio::runtime::Runtime;
 
+use super::apiserver::{ApiServerOptions, ApiServerPlane};
+use super::control::{Change, ControlPlane, InProcess};
 use super::netns::{run_ip_batches, IpBatch};
 use super::report::{Cell, Enforcement, LabReport, ProbeReport};
 use super::scenario::{self, Family, ObjectRef, ProbeStep, Scenario, Source, Step, Target};
 use super::services::{self, Client, ServiceTarget, Via};
 use super::topology::{self, LabPod, NodeSpec, PodPort, PodSpec, Topology};
 use super::{addressing, sctp, LabGuard, Listeners, Netns, ProbeResult, ProbeSpec, Protocol};
-use crate::agent::{AgentHandle, AgentInput, AgentReport};
+use crate::agent::AgentInput;
 use crate::cluster::{self, Cluster, Object, ObjectKey};
 use crate::policy::{compile, explain_flow, Endpoint, Flow};
 use crate::service::{NodeServices, ServiceConfig};
@@ -55,6 +63,9 @@ pub struct RunOptions {
     pub cluster_cidrs: Vec<IpNet>,
     /// `--no-masquerade-cidr`.
     pub no_masquerade_cidrs: Vec<IpNet>,
+    /// In-process agents (`None`), or a real API server with the real
+    /// operator and agents (`--kubeconfig`).
+    pub api_server: Option<ApiServerOptions>,
 }
 
 impl Default for RunOptions {
@@ -66,6 +77,7 @@ impl Default for RunOptions {
             timeout: Duration::from_millis(1000),
             cluster_cidrs: Vec::new(),
             no_masquerade_cidrs: Vec::new(),
+            api_server: None,
         }
     }
 }
@@ -345,11 +357,11 @@ fn explain_verdict(cluster: &Cluster, from: IpAddr, to: IpAddr, p: &ProbeStep) -
 // ---------------------------------------------------------------------------
 // the run (edges)
 
-/// A running lab: the model, namespaces, agents and listeners.
+/// A running lab: the model, namespaces, control plane and listeners.
 struct Lab {
     cluster: Cluster,
     topology: Topology,
-    agents: Vec<AgentHandle>,
+    control: Box<dyn ControlPlane>,
     listeners: BTreeMap<ObjectKey, Listeners>,
     probed: Vec<(Protocol, u16)>,
     timeout: Duration,
@@ -405,75 +417,232 @@ pub fn run(
         }
         None => scenario,
     };
-
-    let removed = super::cleanup_stale().context("removing leftovers of crashed lab runs")?;
-    if !removed.is_empty() {
-        eprintln!(
-            "removed {} namespaces left by crashed lab runs",
-            removed.len()
-        );
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let guard = LabGuard::new()?;
-    let topology = topology::build(&spec, &guard).context("building the lab")?;
-    let next_index = topology.pods.len();
-    let cluster_cidrs: Vec<IpNet> = if options.cluster_cidrs.is_empty() {
-        topology
-            .nodes
-            .iter()
-            .flat_map(|n| {
-                std::iter::once(IpNet::V4(n.pod_cidr)).chain(n.pod_cidr_v6.map(IpNet::V6))
-            })
-            .collect()
-    } else {
-        options.cluster_cidrs.clone()
-    };
-    let mut lab = Lab {
+    let mut session = Session::build(
         cluster,
-        topology,
-        agents: Vec::new(),
-        listeners: BTreeMap::new(),
-        probed,
-        timeout: options.timeout,
+        options,
+        spec,
         next_node,
-        next_index,
-        enforcements: Vec::new(),
-        services: BTreeMap::new(),
-        service_config: services::config(&cluster_cidrs, &options.no_masquerade_cidrs),
-        lb_routes: BTreeMap::new(),
-        reported: BTreeSet::new(),
-        rt,
-    };
-    let outcome = lab.run(&scenario);
-    // Sockets in lab namespaces go first, then the namespaces.
-    lab.listeners.clear();
-    lab.agents.clear();
-    drop(lab);
-    let removal = guard.remove();
+        probed,
+        &scenario.outside_ports(),
+    )?;
+    let outcome = session.lab_mut().run_steps(&scenario);
+    let closed = session.close();
     let report = outcome?;
-    removal.context("removing the lab's namespaces")?;
+    closed?;
     Ok(report)
 }
 
-impl Lab {
-    fn run(&mut self, scenario: &Scenario) -> anyhow::Result<LabReport> {
-        self.write_back()?;
-        for node in &self.topology.nodes {
-            self.agents
-                .push(AgentHandle::spawn(&node.name, Some(node.netns.path()))?);
+/// A lab held open between steps, for programs that drive it one step at a
+/// time (the cluster e2e tests: hold a connection across an agent restart,
+/// stop the API server between steps). [`run`] is a session that runs a
+/// scenario. Closing it (or dropping it) removes everything it built.
+pub struct Session {
+    lab: Option<Lab>,
+    guard: Option<LabGuard>,
+    /// Steps so far (apply/delete/probe), numbering the next one.
+    steps: usize,
+}
+
+impl Session {
+    /// Builds the lab for `cluster` and enforces its policy. Every pod
+    /// listens on `ports` besides its declared ones; pods place as in
+    /// [`plan_lab`].
+    pub fn start(
+        cluster: Cluster,
+        options: &RunOptions,
+        ports: &[(Protocol, u16)],
+    ) -> anyhow::Result<Session> {
+        let (spec, next_node) = plan_lab(&cluster, options, ports)?;
+        addressing::plan(&spec)?;
+        Session::build(cluster, options, spec, next_node, ports.to_vec(), &[])
+    }
+
+    fn build(
+        cluster: Cluster,
+        options: &RunOptions,
+        spec: topology::LabSpec,
+        next_node: usize,
+        probed: Vec<(Protocol, u16)>,
+        outside_ports: &[(Protocol, u16)],
+    ) -> anyhow::Result<Session> {
+        let removed = super::cleanup_stale().context("removing leftovers of crashed lab runs")?;
+        if !removed.is_empty() {
+            eprintln!(
+                "removed {} namespaces left by crashed lab runs",
+                removed.len()
+            );
         }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let guard = LabGuard::new()?;
+        let topology = topology::build(&spec, &guard).context("building the lab")?;
+        let next_index = topology.pods.len();
+        let cluster_cidrs: Vec<IpNet> = if options.cluster_cidrs.is_empty() {
+            topology
+                .nodes
+                .iter()
+                .flat_map(|n| {
+                    std::iter::once(IpNet::V4(n.pod_cidr)).chain(n.pod_cidr_v6.map(IpNet::V6))
+                })
+                .collect()
+        } else {
+            options.cluster_cidrs.clone()
+        };
+        let service_config = services::config(&cluster_cidrs, &options.no_masquerade_cidrs);
+        let control: Box<dyn ControlPlane> = match &options.api_server {
+            None => Box::new(InProcess::start(&topology)?),
+            Some(api) => {
+                let nodes: Vec<(String, std::path::PathBuf)> = topology
+                    .nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.netns.path()))
+                    .collect();
+                Box::new(ApiServerPlane::start(
+                    api,
+                    guard.prefix(),
+                    &nodes,
+                    &cluster,
+                    &service_config,
+                    &rt,
+                )?)
+            }
+        };
+        let lab = Lab {
+            cluster,
+            topology,
+            control,
+            listeners: BTreeMap::new(),
+            probed,
+            timeout: options.timeout,
+            next_node,
+            next_index,
+            enforcements: Vec::new(),
+            services: BTreeMap::new(),
+            service_config,
+            lb_routes: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            rt,
+        };
+        let mut session = Session {
+            lab: Some(lab),
+            guard: Some(guard),
+            steps: 0,
+        };
+        if let Err(e) = session.lab_mut().start(outside_ports) {
+            let _ = session.close();
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    fn lab(&self) -> &Lab {
+        self.lab
+            .as_ref()
+            .expect("a session's lab lives until it is closed")
+    }
+
+    fn lab_mut(&mut self) -> &mut Lab {
+        self.lab
+            .as_mut()
+            .expect("a session's lab lives until it is closed")
+    }
+
+    /// `in-process` or `apiserver`.
+    pub fn control_plane(&self) -> &'static str {
+        self.lab().control.name()
+    }
+
+    /// A pod as the lab built it (namespace, IPs, node).
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&LabPod> {
+        self.lab().topology.pod(namespace, name)
+    }
+
+    /// Applies manifests (as a scenario's `apply` step) and enforces them;
+    /// returns the enforcement (per node: what changed and when the kernel
+    /// had it).
+    pub fn apply(&mut self, items: &[serde_json::Value]) -> anyhow::Result<Enforcement> {
+        let step = self.next_step();
+        let lab = self.lab_mut();
+        lab.apply(step, items)?;
+        lab.enforce(Some(step))?;
+        Ok(lab.enforcements.last().cloned().expect("just enforced"))
+    }
+
+    /// Deletes objects (as a scenario's `delete` step) and enforces that.
+    pub fn delete(&mut self, refs: &[ObjectRef]) -> anyhow::Result<Enforcement> {
+        let step = self.next_step();
+        let lab = self.lab_mut();
+        lab.delete(step, refs)?;
+        lab.enforce(Some(step))?;
+        Ok(lab.enforcements.last().cloned().expect("just enforced"))
+    }
+
+    /// Runs one probe step now and judges it.
+    pub fn probe(&mut self, probe: &ProbeStep) -> anyhow::Result<ProbeReport> {
+        let step = self.next_step();
+        let mut reports = self.lab_mut().probe(&[(step, probe)])?;
+        Ok(reports.remove(0))
+    }
+
+    /// Stops `node`'s agent abruptly (`kill -9` through the API server) and
+    /// starts it again; returns once it runs.
+    pub fn restart_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let lab = self.lab_mut();
+        lab.control.restart_agent(node, &lab.rt)
+    }
+
+    fn next_step(&mut self) -> usize {
+        self.steps += 1;
+        self.steps - 1
+    }
+
+    /// Stops the agents, removes what the control plane wrote and the lab's
+    /// namespaces.
+    pub fn close(mut self) -> anyhow::Result<()> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> anyhow::Result<()> {
+        let Some(mut lab) = self.lab.take() else {
+            return Ok(());
+        };
+        let finished = lab.control.finish(&lab.rt);
+        // Sockets in lab namespaces go first, then the namespaces.
+        lab.listeners.clear();
+        drop(lab);
+        let removal = self.guard.take().map(LabGuard::remove).transpose();
+        finished?;
+        removal.context("removing the lab's namespaces")?;
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Err(e) = self.shut_down() {
+            eprintln!("warning: cleaning up the lab: {e:#}");
+        }
+    }
+}
+
+impl Lab {
+    /// Writes the lab's addresses into the model, starts listeners and
+    /// enforces the initial policy.
+    fn start(&mut self, outside_ports: &[(Protocol, u16)]) -> anyhow::Result<()> {
+        self.write_back()?;
         let pods = self.topology.pods.clone();
         for pod in &pods {
             self.serve(pod)?;
         }
-        self.serve_outside(scenario)?;
+        self.serve_outside(outside_ports)?;
         self.route_service_cidr()?;
-        self.enforce(None)?;
+        self.enforce(None)
+    }
 
+    fn run_steps(&mut self, scenario: &Scenario) -> anyhow::Result<LabReport> {
         let mut probes = Vec::new();
         let mut batch: Vec<(usize, &ProbeStep)> = Vec::new();
         for (i, step) in scenario.steps.iter().enumerate() {
@@ -501,11 +670,13 @@ impl Lab {
             .into_iter()
             .map(|((port, reason), who)| format!("{port} on {}: {reason}", who.join(", ")))
             .collect();
-        Ok(LabReport::new(
-            probes,
-            std::mem::take(&mut self.enforcements),
-            not_servable,
-        ))
+        let mut report =
+            LabReport::new(probes, std::mem::take(&mut self.enforcements), not_servable);
+        report.control_plane = match self.control.name() {
+            "in-process" => None,
+            other => Some(other.to_string()),
+        };
+        Ok(report)
     }
 
     /// Writes every lab pod's IP/node and every node's InternalIP/podCIDR into the model.
@@ -535,11 +706,10 @@ impl Lab {
     }
 
     /// The outside host answers on the ports `to: outside` probes use.
-    fn serve_outside(&mut self, scenario: &Scenario) -> anyhow::Result<()> {
-        let ports: Vec<PodPort> = scenario
-            .outside_ports()
-            .into_iter()
-            .map(|(protocol, port)| PodPort { protocol, port })
+    fn serve_outside(&mut self, outside_ports: &[(Protocol, u16)]) -> anyhow::Result<()> {
+        let ports: Vec<PodPort> = outside_ports
+            .iter()
+            .map(|&(protocol, port)| PodPort { protocol, port })
             .collect();
         if ports.is_empty() {
             return Ok(());
@@ -601,15 +771,21 @@ impl Lab {
     /// the lab's load balancer at the nodes that serve each address.
     fn enforce(&mut self, step: Option<usize>) -> anyhow::Result<()> {
         services::complete_services(&mut self.cluster)?;
+        self.control.prepare(&self.rt)?;
         let compiled = compile(&self.cluster);
-        let with_slices = crate::service::with_synthesized_slices(&self.cluster);
+        // What the agents see: the model plus what the control plane adds,
+        // with EndpointSlices as the controller derives them.
+        let with_slices =
+            crate::service::with_synthesized_slices(&self.control.view(&self.cluster));
         let inputs: Vec<AgentInput> = self
-            .agents
+            .topology
+            .nodes
             .iter()
-            .map(|a| {
-                AgentInput::for_cluster(&with_slices, &compiled, a.node(), &self.service_config)
+            .map(|n| {
+                AgentInput::for_cluster(&with_slices, &compiled, &n.name, &self.service_config)
             })
             .collect();
+        drop(with_slices);
         self.services = inputs
             .iter()
             .map(|i| {
@@ -624,16 +800,14 @@ impl Lab {
                 eprintln!("warning: {e} (skipped)");
             }
         }
-        let pending = self
-            .agents
-            .iter()
-            .zip(inputs)
-            .map(|(a, input)| a.submit(input))
-            .collect::<Result<Vec<_>, _>>()?;
-        let nodes = pending
-            .into_iter()
-            .map(|p| p.wait())
-            .collect::<Result<Vec<AgentReport>, _>>()
+        let change = Change {
+            cluster: &self.cluster,
+            compiled: &compiled,
+            inputs: &inputs,
+        };
+        let nodes = self
+            .control
+            .enforce(&change, &self.rt)
             .with_context(|| match step {
                 Some(i) => format!("enforcing after steps[{i}]"),
                 None => "enforcing the initial policy".to_string(),
@@ -842,6 +1016,27 @@ impl Lab {
                         .collect();
                     for k in &policies {
                         self.cluster.remove_policy(k);
+                    }
+                    let in_ns = |k: &&ObjectKey| k.namespace == r.name;
+                    let services: Vec<ObjectKey> = self
+                        .cluster
+                        .services()
+                        .keys()
+                        .filter(in_ns)
+                        .cloned()
+                        .collect();
+                    for k in &services {
+                        self.cluster.remove_service(k);
+                    }
+                    let slices: Vec<ObjectKey> = self
+                        .cluster
+                        .endpoint_slices()
+                        .keys()
+                        .filter(in_ns)
+                        .cloned()
+                        .collect();
+                    for k in &slices {
+                        self.cluster.remove_endpoint_slice(k);
                     }
                     self.cluster.remove_namespace(&r.name).is_some() || !pods.is_empty()
                 }
