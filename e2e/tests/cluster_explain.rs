@@ -89,22 +89,7 @@ fn apply_examples(cp: &ControlPlane) {
     namespaces.sort();
     namespaces.dedup();
     for ns in &namespaces {
-        wait_for(
-            &format!("the default ServiceAccount of {ns}"),
-            Duration::from_secs(60),
-            || {
-                let out = cp.kubectl_output(&[
-                    "get",
-                    "serviceaccount",
-                    "default",
-                    "-n",
-                    ns,
-                    "-o",
-                    "jsonpath={.secrets[0].name}",
-                ]);
-                out.status.success() && !out.stdout.is_empty()
-            },
-        );
+        cp.wait_for_default_service_account(ns);
     }
     for pod in of_kind("Pod") {
         let (ns, name) = ns_name(pod);

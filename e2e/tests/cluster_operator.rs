@@ -232,22 +232,7 @@ fn create_pods(cp: &ControlPlane, pods: &[(&str, &str, &str, Value, &str, Value)
     // The ServiceAccount admission rejects pods until the namespace's default
     // ServiceAccount and (on v1.20) its token exist.
     for ns in namespaces {
-        wait_for(
-            &format!("the default ServiceAccount of {ns}"),
-            Duration::from_secs(60),
-            || {
-                let out = cp.kubectl_output(&[
-                    "get",
-                    "serviceaccount",
-                    "default",
-                    "-n",
-                    ns,
-                    "-o",
-                    "jsonpath={.secrets[0].name}",
-                ]);
-                out.status.success() && !out.stdout.is_empty()
-            },
-        );
+        cp.wait_for_default_service_account(ns);
     }
     for (ns, name, node, labels, ip, ports) in pods {
         let pod = json!({"apiVersion": "v1", "kind": "Pod",

@@ -119,6 +119,32 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits (up to a minute) until namespace `ns`'s default ServiceAccount
+    /// and, on v1.20, its token exist: until then the ServiceAccount
+    /// admission rejects pods in `ns`.
+    pub fn wait_for_default_service_account(&self, ns: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = self.kubectl_output(&[
+                "get",
+                "serviceaccount",
+                "default",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.secrets[0].name}",
+            ]);
+            if out.status.success() && !out.stdout.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the default ServiceAccount of {ns} did not appear within a minute"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     pub fn kubectl_output(&self, args: &[&str]) -> Output {
         Command::new("kubectl")
             .arg("--kubeconfig")

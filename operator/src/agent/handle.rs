@@ -10,13 +10,14 @@ use tokio::sync::oneshot;
 
 use super::{Agent, AgentError, AgentInput, AgentReport};
 
-type Reply = oneshot::Sender<Result<AgentReport, AgentError>>;
+/// Work for the agent's thread.
+type Job = Box<dyn FnOnce(&mut Agent) + Send>;
 
 /// A running agent. Dropping the handle stops the thread; the table stays in the
 /// kernel (a restarted agent takes it over).
 pub struct AgentHandle {
     node: String,
-    requests: Option<mpsc::Sender<(AgentInput, Reply)>>,
+    requests: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -24,7 +25,7 @@ impl AgentHandle {
     /// Starts an agent for `node` in the namespace at `netns` (or the caller's);
     /// returns once its dataplane is open, or with the reason it did not open.
     pub fn spawn(node: &str, netns: Option<PathBuf>) -> Result<AgentHandle, AgentError> {
-        let (requests, inbox) = mpsc::channel::<(AgentInput, Reply)>();
+        let (requests, inbox) = mpsc::channel::<Job>();
         let (opened, open_result) = mpsc::channel();
         let name = node.to_string();
         let thread = thread::Builder::new()
@@ -40,9 +41,8 @@ impl AgentHandle {
                         return;
                     }
                 };
-                for (input, reply) in inbox {
-                    // The caller may have given up waiting; the sync still stands.
-                    let _ = reply.send(agent.sync(&input));
+                for job in inbox {
+                    job(&mut agent);
                 }
             })
             .map_err(|_| gone(node, "could not start"))?;
@@ -75,33 +75,49 @@ impl AgentHandle {
     /// meanwhile. Submitting to every node first and then waiting enforces a
     /// change on all nodes concurrently.
     pub fn submit(&self, input: AgentInput) -> Result<PendingSync, AgentError> {
+        self.call(move |agent| agent.sync(&input))
+    }
+
+    /// Runs `f` on the agent's thread, after the requests before it; the
+    /// answer comes through the returned [`Pending`].
+    pub fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Agent) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<Pending<T>, AgentError> {
         let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |agent| {
+            // The caller may have given up waiting; the work still stands.
+            let _ = reply.send(f(agent));
+        });
         self.requests
             .as_ref()
-            .and_then(|r| r.send((input, reply)).ok())
+            .and_then(|r| r.send(job).ok())
             .ok_or_else(|| gone(&self.node, "is not running"))?;
-        Ok(PendingSync {
+        Ok(Pending {
             node: self.node.clone(),
             answer,
         })
     }
 }
 
-/// A submitted sync; wait for it to learn whether the kernel committed it.
-pub struct PendingSync {
+/// A submitted request; wait for it to learn its outcome.
+pub struct Pending<T> {
     node: String,
-    answer: oneshot::Receiver<Result<AgentReport, AgentError>>,
+    answer: oneshot::Receiver<Result<T, AgentError>>,
 }
 
-impl PendingSync {
-    /// Blocks until the kernel committed (must not be called on a tokio worker).
-    pub fn wait(self) -> Result<AgentReport, AgentError> {
+/// A submitted sync; wait for it to learn whether the kernel committed it.
+pub type PendingSync = Pending<AgentReport>;
+
+impl<T> Pending<T> {
+    /// Blocks until the agent answered (must not be called on a tokio worker).
+    pub fn wait(self) -> Result<T, AgentError> {
         self.answer
             .blocking_recv()
             .map_err(|_| gone(&self.node, "ended without an answer"))?
     }
 
-    pub async fn wait_async(self) -> Result<AgentReport, AgentError> {
+    pub async fn wait_async(self) -> Result<T, AgentError> {
         self.answer
             .await
             .map_err(|_| gone(&self.node, "ended without an answer"))?

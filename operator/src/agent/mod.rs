@@ -27,7 +27,7 @@ use nft::netlink::{self, Conn};
 use nft::{Batch, Op, Table};
 use serde::Serialize;
 
-pub use handle::{AgentHandle, PendingSync};
+pub use handle::{AgentHandle, Pending, PendingSync};
 
 use crate::cluster::Cluster;
 use crate::render::{self, TABLE_FAMILY, TABLE_NAME};
