@@ -4,7 +4,7 @@
 //! The suite plays the operator: it writes a NodePolicyShare and the
 //! AddressSetShards of the set its rule names (built with the crds crate's
 //! own types and sharding), a selector-less Service with a hand-written
-//! EndpointSlice (v1beta1: all v1.20 serves), and the Node. Then it checks
+//! EndpointSlice (v1 where served; v1beta1 on v1.20), and the Node. Then it checks
 //! what the agent promises: the kernel table follows the objects; the share's
 //! status says which generation is enforced; a table deleted from outside
 //! comes back; an API-server outage changes nothing in the kernel and the
@@ -133,7 +133,15 @@ fn node_object(name: &str) -> Value {
     })
 }
 
-fn service_and_slice(node: &str) -> String {
+/// The Service and a hand-written EndpointSlice in the newest version the
+/// server serves (v1.20: v1beta1, which names the node in its topology).
+fn service_and_slice(node: &str, slice_version: &str) -> String {
+    let endpoint = if slice_version == "v1" {
+        json!({"addresses": ["10.244.1.2"], "conditions": {"ready": true}, "nodeName": node})
+    } else {
+        json!({"addresses": ["10.244.1.2"], "conditions": {"ready": true},
+               "topology": {"kubernetes.io/hostname": node}})
+    };
     list(vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
         json!({
@@ -143,12 +151,11 @@ fn service_and_slice(node: &str) -> String {
                      "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
         }),
         json!({
-            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "apiVersion": format!("discovery.k8s.io/{slice_version}"), "kind": "EndpointSlice",
             "metadata": {"name": "web-1", "namespace": "shop",
                          "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": ["10.244.1.2"], "conditions": {"ready": true},
-                           "topology": {"kubernetes.io/hostname": node}}],
+            "endpoints": [endpoint],
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
         }),
     ])
@@ -343,7 +350,15 @@ fn the_agent_enforces_the_cluster_state_and_keeps_it() {
         "crd/addresssetshards.kubenft.io",
     ]);
     cp.kubectl_stdin(&["apply", "-f", "-"], &node_object(&node).to_string());
-    cp.kubectl_stdin(&["apply", "-f", "-"], &service_and_slice(&node));
+    let slice_version = if cp.serves("discovery.k8s.io/v1") {
+        "v1"
+    } else {
+        "v1beta1"
+    };
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &service_and_slice(&node, slice_version),
+    );
     let peers: Vec<Ipv4Addr> = (5..25).map(|i| Ipv4Addr::new(10, 244, 2, i)).collect();
     apply_shards(&cp, &peers);
     cp.kubectl_stdin(

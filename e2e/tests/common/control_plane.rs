@@ -119,6 +119,13 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Whether the server serves `group/version` (e.g. `discovery.k8s.io/v1`).
+    pub fn serves(&self, group_version: &str) -> bool {
+        self.kubectl(&["api-versions"])
+            .lines()
+            .any(|l| l.trim() == group_version)
+    }
+
     /// Waits (up to a minute) until namespace `ns`'s default ServiceAccount
     /// and, on v1.20, its token exist: until then the ServiceAccount
     /// admission rejects pods in `ns`.

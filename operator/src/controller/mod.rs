@@ -63,8 +63,10 @@ use leader::{Leadership, LeaseConfig};
 use metrics::Metrics;
 use writer::KubeStore;
 
-/// A batch ends once no event came for this long…
-pub const QUIET: Duration = Duration::from_millis(50);
+/// A batch ends once no event came for this long… (short: it is most of the
+/// event→kernel latency; the events of a burst, e.g. a rollout, come closer
+/// together than this and still share a batch, and each write is incremental)
+pub const QUIET: Duration = Duration::from_millis(10);
 /// …or after this long in any case.
 pub const MAX_BATCH: Duration = Duration::from_millis(250);
 /// Watch events queued between the watchers and the loop.
