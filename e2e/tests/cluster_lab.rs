@@ -514,7 +514,10 @@ fn policy_keeps_working_while_the_api_server_is_down() {
 #[test]
 fn deploy_passes_a_server_side_dry_run() {
     let kustomization = root().join("deploy/kustomization.yaml");
-    assert!(kustomization.is_file(), "deploy/kustomization.yaml is missing");
+    assert!(
+        kustomization.is_file(),
+        "deploy/kustomization.yaml is missing"
+    );
     let cp = ControlPlane::start();
     let deploy = root().join("deploy");
     // The dry run creates nothing, so the objects in the namespace would

@@ -85,14 +85,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn run_daemon(args: AgentRunArgs) -> anyhow::Result<()> {
-    // Logs to stderr; RUST_LOG overrides the level (e.g. kube_nft=debug).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    super::init_logging();
     let config = crate::agent::daemon::Config {
         node: args.node,
         netns: args.netns,

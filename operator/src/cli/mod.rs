@@ -66,3 +66,17 @@ impl NatArgs {
         }
     }
 }
+
+/// Logs of the long-running commands (operator, agent) to stderr; `RUST_LOG`
+/// filters (default `info`, e.g. `kube_nft=debug`). Colours only on a terminal,
+/// so files and container logs stay plain text.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Another command in the same process may have set it up already.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -38,7 +38,7 @@ pub struct OperatorArgs {
 }
 
 pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    init_logging();
+    super::init_logging();
     let identity = match args.identity {
         Some(id) if !id.is_empty() => id,
         _ => hostname().context("no --identity given and no host name to use instead")?,
@@ -76,17 +76,6 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Another command in the same process may have set it up already.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn hostname() -> anyhow::Result<String> {
