@@ -24,7 +24,7 @@ mod control_plane;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,9 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(cp: &ControlPlane, identity: &str) -> Operator {
+    /// Runs as `kubeconfig`'s user (the tests give the operator's
+    /// ServiceAccount, so a rule missing from deploy/ fails them).
+    fn start(kubeconfig: &Path, identity: &str) -> Operator {
         let metrics = free_port();
         let log = std::env::temp_dir().join(format!(
             "kube-nft-operator-{}-{identity}-{}.log",
@@ -64,7 +66,7 @@ impl Operator {
         let child = Command::new(common::kube_nft())
             .arg("operator")
             .arg("--kubeconfig")
-            .arg(&cp.kubeconfig)
+            .arg(kubeconfig)
             .args(["--namespace", NS, "--identity", identity])
             .args(["--metrics-addr", &metrics.to_string()])
             .env("RUST_LOG", "info,kube_nft=debug")
@@ -184,8 +186,9 @@ fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// The CRDs, the operator's namespace.
-fn install(cp: &ControlPlane) {
+/// The CRDs, and deploy/'s namespace and operator RBAC; returns a kubeconfig
+/// of the operator's ServiceAccount.
+fn install(cp: &ControlPlane) -> PathBuf {
     let out = Command::new(common::kube_nft())
         .arg("crds")
         .output()
@@ -203,7 +206,11 @@ fn install(cp: &ControlPlane) {
             &format!("crd/{crd}"),
         ]);
     }
-    cp.kubectl(&["create", "namespace", NS]);
+    let deploy = common::workspace_root().join("deploy");
+    for file in ["namespace.yaml", "rbac-operator.yaml"] {
+        cp.kubectl(&["apply", "-f", deploy.join(file).to_str().unwrap()]);
+    }
+    cp.service_account_kubeconfig(NS, "kube-nft-operator")
 }
 
 fn node(name: &str, ip: &str) -> Value {
@@ -524,11 +531,11 @@ const BROKEN_FIELD: &str = "spec.ingress[0].from[0].ipBlock.except[0]";
 #[test]
 fn operator_compiles_and_follows_the_cluster() {
     let cp = ControlPlane::start();
-    install(&cp);
+    let operator = install(&cp);
     shop(&cp);
 
     let start = Instant::now();
-    let mut op = Operator::start(&cp, "a");
+    let mut op = Operator::start(&operator, "a");
     op.wait_ready();
     let (_, before) = converge(&cp, Duration::from_secs(60));
     eprintln!("first complete write {:?} after start", start.elapsed());
@@ -693,11 +700,11 @@ fn operator_compiles_and_follows_the_cluster() {
 #[test]
 fn standby_takes_over() {
     let cp = ControlPlane::start();
-    install(&cp);
+    let operator = install(&cp);
     shop(&cp);
 
-    let a = Operator::start(&cp, "a");
-    let b = Operator::start(&cp, "b");
+    let a = Operator::start(&operator, "a");
+    let b = Operator::start(&operator, "b");
     a.wait_ready();
     b.wait_ready();
     converge(&cp, Duration::from_secs(60));
@@ -733,7 +740,7 @@ fn standby_takes_over() {
     let mut leader = standby;
 
     // The killed replica comes back as the standby.
-    let standby = Operator::start(&cp, &holder);
+    let standby = Operator::start(&operator, &holder);
     standby.wait_ready();
     wait_for(
         "the restarted replica to stand by",

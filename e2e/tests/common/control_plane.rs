@@ -119,6 +119,41 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A kubeconfig that authenticates as ServiceAccount `namespace/name` (a
+    /// token from the TokenRequest API, valid for an hour), so a process run
+    /// with it has exactly the rights RBAC gives that account.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.kubectl(&["create", "token", name, "-n", namespace]);
+        let field = |path: &str| {
+            self.kubectl(&[
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "-o",
+                &format!("jsonpath={path}"),
+            ])
+        };
+        let server = field("{.clusters[0].cluster.server}");
+        let ca = field("{.clusters[0].cluster.certificate-authority-data}");
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "kube-nft-sa-{}-{}-{name}.kubeconfig",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: c, cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}}}]\n\
+             users: [{{name: {name}, user: {{token: \"{}\"}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: {name}}}}}]\n\
+             current-context: x\n",
+            token.trim()
+        );
+        std::fs::write(&path, text).expect("writing a ServiceAccount kubeconfig");
+        path
+    }
+
     /// Whether the server serves `group/version` (e.g. `discovery.k8s.io/v1`).
     pub fn serves(&self, group_version: &str) -> bool {
         self.kubectl(&["api-versions"])
