@@ -266,6 +266,16 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// The model of one YAML text that must load without a problem (for tests
+/// across the crate).
+#[cfg(test)]
+pub(crate) fn cluster_from_yaml(yaml: &str) -> Cluster {
+    let mut loaded = Loaded::default();
+    load_str(&mut loaded, Path::new("test.yaml"), yaml);
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    loaded.cluster
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

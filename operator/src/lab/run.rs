@@ -1410,14 +1410,9 @@ fn check_expectation_names(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::load::{load_str, Loaded};
-    use std::path::Path;
 
     fn cluster(yaml: &str) -> Cluster {
-        let mut loaded = Loaded::default();
-        load_str(&mut loaded, Path::new("t.yaml"), yaml);
-        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-        loaded.cluster
+        crate::cluster::load::cluster_from_yaml(yaml)
     }
 
     const PODS: &str = r#"

@@ -490,14 +490,9 @@ pub fn route<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::load::{load_str, Loaded};
-    use std::path::Path;
 
     fn cluster(yaml: &str) -> Cluster {
-        let mut loaded = Loaded::default();
-        load_str(&mut loaded, Path::new("test.yaml"), yaml);
-        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-        loaded.cluster
+        crate::cluster::load::cluster_from_yaml(yaml)
     }
 
     const SERVICES: &str = r#"

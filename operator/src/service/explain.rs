@@ -165,13 +165,9 @@ impl fmt::Display for ServiceReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::load::{load_str, Loaded};
 
     fn cluster(yaml: &str) -> Cluster {
-        let mut loaded = Loaded::default();
-        load_str(&mut loaded, std::path::Path::new("t.yaml"), yaml);
-        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-        super::super::with_synthesized_slices(&loaded.cluster)
+        super::super::with_synthesized_slices(&crate::cluster::load::cluster_from_yaml(yaml))
     }
 
     #[test]

@@ -475,15 +475,10 @@ pub fn slice_to_v1beta1(mut slice: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::load::{load_str, Loaded};
     use crate::kubeapi::endpoint_slices::to_v1;
-    use std::path::Path;
 
     fn cluster(yaml: &str) -> Cluster {
-        let mut loaded = Loaded::default();
-        load_str(&mut loaded, Path::new("t.yaml"), yaml);
-        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-        loaded.cluster
+        crate::cluster::load::cluster_from_yaml(yaml)
     }
 
     const MODEL: &str = r#"
