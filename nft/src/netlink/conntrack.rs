@@ -20,14 +20,13 @@
 //! which the kernel loads on the first request when it is a module).
 
 use std::io;
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use super::conntrack_msg::{
     delete_request, dump_request, parse_entry, CT_NEW, NLMSG_DONE, NLMSG_ERROR,
 };
 pub use super::conntrack_types::{Entry, Filter, IpFamily, Proto, Tuple};
-use super::socket::{messages, setns};
+use super::socket::{in_netns, io_err, messages};
 use super::Error;
 
 /// Receive buffer: the kernel fills dump skbs up to 32 KiB.
@@ -62,18 +61,7 @@ impl Conntrack {
     /// thread enters the namespace only while the socket is created; the socket
     /// stays bound to that namespace.
     pub fn open_in_netns(path: impl AsRef<Path>) -> Result<Conntrack, Error> {
-        let path = path.as_ref();
-        let target =
-            std::fs::File::open(path).map_err(io_err(format!("open {}", path.display())))?;
-        let home =
-            std::fs::File::open("/proc/thread-self/ns/net").map_err(io_err("open own netns"))?;
-        setns(target.as_fd()).map_err(io_err(format!("setns {}", path.display())))?;
-        let ct = Conntrack::open();
-        if let Err(e) = setns(home.as_fd()) {
-            // Continuing would run the caller's I/O in the wrong namespace.
-            panic!("cannot return to the original network namespace: {e}");
-        }
-        ct
+        in_netns(path.as_ref(), Conntrack::open)
     }
 
     /// The entries of `filter.family` and `filter.proto` that match `filter`.
@@ -211,9 +199,4 @@ fn with_hint(e: Error) -> Error {
         },
         other => other,
     }
-}
-
-fn io_err<C: Into<String>>(context: C) -> impl FnOnce(io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
 }

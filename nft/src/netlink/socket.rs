@@ -81,18 +81,7 @@ impl Conn {
     /// namespace only while the socket is created and returns to its own right
     /// after; the socket stays bound to the target namespace.
     pub fn open_in_netns(path: impl AsRef<Path>) -> Result<Conn, Error> {
-        let path = path.as_ref();
-        let target =
-            std::fs::File::open(path).map_err(io_err(format!("open {}", path.display())))?;
-        let home =
-            std::fs::File::open("/proc/thread-self/ns/net").map_err(io_err("open own netns"))?;
-        setns(target.as_fd()).map_err(io_err(format!("setns {}", path.display())))?;
-        let conn = Conn::open();
-        if let Err(e) = setns(home.as_fd()) {
-            // Continuing would run the caller's I/O in the wrong namespace.
-            panic!("cannot return to the original network namespace: {e}");
-        }
-        conn
+        in_netns(path.as_ref(), Conn::open)
     }
 
     /// Encode and apply `batch` as one atomic transaction.
@@ -459,7 +448,7 @@ fn with_text(e: io::Error, text: Option<String>) -> io::Error {
     }
 }
 
-fn io_err<C: Into<String>>(context: C) -> impl FnOnce(io::Error) -> Error {
+pub(crate) fn io_err<C: Into<String>>(context: C) -> impl FnOnce(io::Error) -> Error {
     let context = context.into();
     move |source| Error::Io { context, source }
 }
@@ -480,6 +469,24 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, v: i32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Runs `open` with the calling thread in the network namespace at `path`,
+/// then returns the thread to its own namespace; a socket `open` creates stays
+/// bound to the target namespace.
+pub(crate) fn in_netns<T>(
+    path: &Path,
+    open: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let target = std::fs::File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+    let home = std::fs::File::open("/proc/thread-self/ns/net").map_err(io_err("open own netns"))?;
+    setns(target.as_fd()).map_err(io_err(format!("setns {}", path.display())))?;
+    let opened = open();
+    if let Err(e) = setns(home.as_fd()) {
+        // Continuing would run the caller's I/O in the wrong namespace.
+        panic!("cannot return to the original network namespace: {e}");
+    }
+    opened
 }
 
 pub(crate) fn setns(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
