@@ -213,6 +213,11 @@ fn install(cp: &ControlPlane) -> PathBuf {
     cp.service_account_kubeconfig(NS, "kube-nft-operator")
 }
 
+/// Sets shop/web-2's `app` label (`label` is `app=VALUE`).
+fn relabel_web_2(cp: &ControlPlane, label: &str) {
+    cp.kubectl(&["label", "pod", "-n", "shop", "web-2", label, "--overwrite"]);
+}
+
 fn node(name: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
            "status": {"addresses": [{"type": "InternalIP", "address": ip},
@@ -556,15 +561,7 @@ fn operator_compiles_and_follows_the_cluster() {
 
     // A relabel: web-2 leaves the web tier. Only the app=web set's shard and
     // n2's share (web-2 is no longer isolated) are rewritten.
-    cp.kubectl(&[
-        "label",
-        "pod",
-        "-n",
-        "shop",
-        "web-2",
-        "app=old",
-        "--overwrite",
-    ]);
+    relabel_web_2(&cp, "app=old");
     let (took, after) = converge(&cp, Duration::from_secs(20));
     eprintln!("relabel written in {took:?}");
     assert_eq!(changed(&after.shares, &before.shares), vec!["n2"]);
@@ -720,15 +717,7 @@ fn standby_takes_over() {
     // once the Lease term (10 s by default) has run out.
     leader.kill9();
     let killed = Instant::now();
-    cp.kubectl(&[
-        "label",
-        "pod",
-        "-n",
-        "shop",
-        "web-2",
-        "app=old",
-        "--overwrite",
-    ]);
+    relabel_web_2(&cp, "app=old");
     converge(&cp, Duration::from_secs(30));
     let takeover = killed.elapsed();
     eprintln!("takeover after kill -9: {takeover:?} (lease duration 10 s)");
@@ -759,15 +748,7 @@ fn standby_takes_over() {
         Some(leader.identity.as_str()),
         "the lease still names the stopped replica"
     );
-    cp.kubectl(&[
-        "label",
-        "pod",
-        "-n",
-        "shop",
-        "web-2",
-        "app=web",
-        "--overwrite",
-    ]);
+    relabel_web_2(&cp, "app=web");
     converge(&cp, Duration::from_secs(10));
     let handover = stopped.elapsed();
     eprintln!("handover after SIGTERM: {handover:?} (process exited after {exited:?})");
